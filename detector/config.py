@@ -1,0 +1,275 @@
+"""Training recipes: frozen pydantic models, YAML loading with ``base:`` and dotted overrides.
+
+A recipe is a YAML mapping whose top-level keys are the fields of :class:`TrainConfig`.
+It may name one ``base:`` recipe (a path relative to itself) whose values it overrides,
+key by key, at any depth. Overrides given as ``"loss.gamma=1.5"`` are applied last; the
+value is parsed as YAML, so ``1.5`` is a float, ``[16, 32]`` a list and ``null`` None.
+
+Every error names the full dotted path of the offending key and, where there is a fixed set,
+the allowed keys or values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DatasetSource(_Frozen):
+    """A COCO dataset on disk: the annotations JSON and the folder its ``file_name``s are in."""
+
+    annotations: Path
+    images: Path
+
+
+class DataConfig(_Frozen):
+    """What is read and how it is augmented.
+
+    Resizing happens here, in the loader workers on uint8 images (as detectron2's
+    ``ResizeShortestEdge`` does), not inside the model: the model only normalises and pads.
+    """
+
+    train: DatasetSource | None = None
+    val: DatasetSource | None = None
+    test: DatasetSource | None = None
+    train_min_sizes: tuple[PositiveInt, ...] = Field(default=(800,), min_length=1)
+    eval_min_size: PositiveInt = 800
+    max_size: PositiveInt = 1333
+    hflip_prob: Probability = 0.5
+    photometric: bool = False
+    num_workers: NonNegativeInt = 2
+    strict: bool = False
+    """Treat every validation warning as an error (refuse to drop or clip any box)."""
+
+
+class ModelConfig(_Frozen):
+    """RetinaNet architecture, anchors, post-processing and initial weights."""
+
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
+    norm: Literal["frozen_bn", "bn"] = "frozen_bn"
+    trainable_backbone_layers: Annotated[int, Field(ge=0, le=5)] = 3
+    fpn_channels: PositiveInt = 256
+    head_convs: NonNegativeInt = 4
+    head_channels: PositiveInt = 256
+    prior_prob: Annotated[float, Field(gt=0, lt=1)] = 0.01
+    anchor_sizes: tuple[
+        PositiveFloat, PositiveFloat, PositiveFloat, PositiveFloat, PositiveFloat
+    ] = (
+        32,
+        64,
+        128,
+        256,
+        512,
+    )
+    """Base anchor size for each pyramid level P3..P7, in input pixels."""
+    scales_per_octave: PositiveInt = 3
+    aspect_ratios: tuple[PositiveFloat, ...] = Field(default=(0.5, 1.0, 2.0), min_length=1)
+    fg_iou: Annotated[float, Field(gt=0, le=1)] = 0.5
+    bg_iou: Annotated[float, Field(ge=0, le=1)] = 0.4
+    score_thresh: Probability = 0.05
+    nms_thresh: Probability = 0.5
+    detections_per_img: PositiveInt = 100
+    topk_candidates: PositiveInt = 1000
+    backbone_weights: Path | None = None
+    """A local torchvision ResNet state dict (.pt/.pth) or safetensors file."""
+    weights: Path | None = None
+    """A local full-model state dict (ours or torchvision's RetinaNet) or safetensors file."""
+    skip_mismatched_weights: bool = False
+    """Leave layers whose shape differs (e.g. the class logits of another dataset) at their init."""
+
+    @model_validator(mode="after")
+    def _check_ious(self) -> ModelConfig:
+        if self.bg_iou > self.fg_iou:
+            raise ValueError(f"bg_iou ({self.bg_iou}) must not exceed fg_iou ({self.fg_iou})")
+        return self
+
+
+class LossConfig(_Frozen):
+    """Classification and box losses and how they are weighted against each other."""
+
+    classification: Literal["sigmoid_focal", "alpha_balanced_ce"] = "sigmoid_focal"
+    alpha: Probability | tuple[Probability, ...] | None = 0.25
+    """Weight of positives: a scalar, one value per class, or None for no weighting."""
+    gamma: Annotated[float, Field(ge=0)] = 2.0
+    box: Literal["smooth_l1", "l1", "giou"] = "smooth_l1"
+    smooth_l1_beta: Annotated[float, Field(ge=0)] = 1.0 / 9.0
+    weighting: Literal["fixed", "uncertainty"] = "fixed"
+    """``uncertainty``: two learned log-variances weigh the terms (Kendall et al. 2018)."""
+    cls_weight: Annotated[float, Field(ge=0)] = 1.0
+    box_weight: Annotated[float, Field(ge=0)] = 1.0
+    compile: bool = False
+    """Compile the focal loss with torch.compile (falls back to eager if compiling fails)."""
+
+
+class SolverConfig(_Frozen):
+    """Optimiser, schedule and numerics. ``steps`` are in the unit of the budget."""
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.01
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    weight_decay_norm_bias: Annotated[float, Field(ge=0)] | None = 0.0
+    """Decay for norm weights and biases; None applies ``weight_decay`` to them too."""
+    batch_size: PositiveInt = 16
+    max_iters: PositiveInt | None = None
+    epochs: PositiveInt | None = None
+    scheduler: Literal["multistep", "cosine"] = "multistep"
+    steps: tuple[PositiveInt, ...] = ()
+    """LR drops, in iterations when ``max_iters`` is set, in epochs when ``epochs`` is."""
+    lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.1
+    warmup_iters: NonNegativeInt = 500
+    warmup_factor: Annotated[float, Field(gt=0, le=1)] = 0.001
+    clip_grad_norm: PositiveFloat | None = None
+    amp: Literal["off", "fp16", "bf16"] = "off"
+    """Mixed precision on CUDA; ignored on the CPU."""
+    channels_last: bool = False
+
+    @model_validator(mode="after")
+    def _check_budget(self) -> SolverConfig:
+        if (self.max_iters is None) == (self.epochs is None):
+            raise ValueError("set exactly one of max_iters and epochs")
+        budget = self.max_iters if self.max_iters is not None else self.epochs
+        assert budget is not None
+        if list(self.steps) != sorted(set(self.steps)) or any(s >= budget for s in self.steps):
+            raise ValueError(f"steps must be increasing and below the budget ({budget})")
+        return self
+
+
+class TrainConfig(_Frozen):
+    """A whole training recipe."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    solver: SolverConfig = SolverConfig(max_iters=90_000, steps=(60_000, 80_000))
+    seed: NonNegativeInt = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("loss")
+    @classmethod
+    def _finite_alpha(cls, loss: LossConfig) -> LossConfig:
+        alphas = loss.alpha if isinstance(loss.alpha, tuple) else (loss.alpha,)
+        if any(a is not None and not math.isfinite(a) for a in alphas):
+            raise ValueError("alpha must be finite")
+        return loss
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be read or does not validate; the message names the key."""
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
+    """Read a YAML recipe (following ``base:``), apply dotted overrides, and validate it."""
+    raw = _read_with_bases(Path(path), seen=())
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return recipe_from_dict(raw)
+
+
+def recipe_from_dict(raw: Mapping[str, Any]) -> TrainConfig:
+    """Validate a plain mapping as a :class:`TrainConfig`, with errors that name the key."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, TrainConfig)) from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"solver.lr=0.02"`` -> ``("solver.lr", 0.02)``; the value is parsed as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"override {item!r} is not of the form key.path=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"override {item!r}: value is not valid YAML ({exc})") from None
+    return key.strip(), value
+
+
+def format_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
+    """One line per problem: ``loss.gammma: unknown key (allowed: alpha, box, ...)``."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        dotted = ".".join(loc) or "<recipe>"
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(_model_at(root, loc[:-1]).model_fields))
+            lines.append(f"{dotted}: unknown key (allowed: {allowed})")
+        else:
+            lines.append(f"{dotted}: {err['msg']} (got {err.get('input')!r})")
+    return "invalid recipe:\n  " + "\n  ".join(lines)
+
+
+def _model_at(root: type[BaseModel], loc: list[str]) -> type[BaseModel]:
+    model = root
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:  # an optional sub-model such as ``DatasetSource | None``
+            model = next(
+                a
+                for a in getattr(annotation, "__args__", ())
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            )
+    return model
+
+
+def _read_with_bases(path: Path, *, seen: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in seen:
+        chain = " -> ".join(str(p) for p in (*seen, resolved))
+        raise RecipeError(f"recipe bases form a cycle: {chain}")
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path} must be a mapping, not {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise RecipeError(f"recipe {path}: base must be a path, got {base!r}")
+    merged = _read_with_bases(resolved.parent / base, seen=(*seen, resolved))
+    _deep_merge(merged, data)
+    return merged
+
+
+def _deep_merge(into: dict[str, Any], update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(parts[: i + 1])
+            raise RecipeError(f"override {key}: {prefix} is a value, not a section")
+        node = child
+    node[parts[-1]] = value

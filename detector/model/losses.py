@@ -1,0 +1,147 @@
+"""Classification losses for dense detectors, and the weighting of loss terms.
+
+All functions are pure. Conventions: ``K`` classes; sigmoid losses take one logit per class
+and a 0/1 (or soft) target per class; the softmax loss takes ``C`` logits and an integer
+class per row. The focal modulating factor ``(1 - p_t) ** gamma`` multiplies every element
+*before* any reduction.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Reduction = Literal["none", "mean", "sum"]
+Alpha = float | Tensor | None
+
+
+def sigmoid_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    alpha: Alpha = 0.25,
+    gamma: float = 2.0,
+    reduction: Reduction = "none",
+) -> Tensor:
+    """Focal loss of Lin et al. (2017) on independent per-class sigmoids.
+
+    ``FL(p_t) = -alpha_t * (1 - p_t) ** gamma * log(p_t)``.
+
+    Args:
+        logits: float[..., K], raw scores.
+        targets: float[..., K], 1 for the true class, 0 otherwise (soft values allowed).
+        alpha: weight of positives in [0, 1] (negatives get ``1 - alpha``): a scalar, a
+            float[K] tensor (one weight per class), or None / a negative number for none.
+        gamma: focusing parameter >= 0; 0 gives the alpha-balanced cross-entropy.
+        reduction: "none" -> float[..., K]; "mean" or "sum" -> a scalar.
+    """
+    prob = torch.sigmoid(logits)
+    # BCE-with-logits is log-sum-exp stable, so logits of +-100 stay finite.
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    loss = _apply_alpha(loss, targets, alpha)
+    return _reduce(loss, reduction)
+
+
+def alpha_balanced_ce(
+    logits: Tensor,
+    targets: Tensor,
+    alpha: Alpha = 0.25,
+    reduction: Reduction = "none",
+) -> Tensor:
+    """The paper's alpha-balanced binary cross-entropy ``-alpha_t * log(p_t)``.
+
+    Shapes as :func:`sigmoid_focal_loss`; equal to it with ``gamma = 0``.
+    """
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return _reduce(_apply_alpha(ce, targets, alpha), reduction)
+
+
+def softmax_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    alpha: Alpha = None,
+    gamma: float = 2.0,
+    reduction: Reduction = "none",
+) -> Tensor:
+    """Multi-class focal loss on a softmax: ``-alpha_y * (1 - p_y) ** gamma * log(p_y)``.
+
+    Args:
+        logits: float[N, C], one score per class (background included if the model has one).
+        targets: int64[N], the true class of each row.
+        alpha: None (no weighting), a scalar applied to every row, or float[C] per class.
+        gamma: focusing parameter >= 0; 0 gives (class-weighted) softmax cross-entropy.
+        reduction: "none" -> float[N]; "mean" or "sum" -> a scalar.
+    """
+    log_p = F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    loss = -((1 - log_p.exp()) ** gamma) * log_p
+    if isinstance(alpha, Tensor):
+        loss = loss * alpha.to(loss)[targets]
+    elif alpha is not None and alpha >= 0:
+        loss = loss * alpha
+    return _reduce(loss, reduction)
+
+
+def uncertainty_weighted(losses: dict[str, Tensor], log_vars: Tensor) -> dict[str, Tensor]:
+    """Homoscedastic-uncertainty weighting of Kendall, Gal and Cipolla (2018).
+
+    Each term becomes ``exp(-s_i) * L_i + s_i`` with a learned log-variance ``s_i``; the
+    ``+ s_i`` keeps the weights from collapsing to zero.
+
+    Args:
+        losses: T scalar loss terms, in a fixed order.
+        log_vars: float[T], one learned log-variance per term, in the same order.
+    """
+    if log_vars.shape != (len(losses),):
+        raise ValueError(f"need {len(losses)} log-variances, got shape {tuple(log_vars.shape)}")
+    return {
+        name: torch.exp(-s) * value + s
+        for (name, value), s in zip(losses.items(), log_vars.unbind(), strict=True)
+    }
+
+
+def compiled(loss_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Wrap ``loss_fn`` with torch.compile, falling back to eager if compiling fails.
+
+    Compiling fuses the dozen elementwise passes of the focal loss (and of its backward) into
+    one loop each, which is what makes it several times faster on big anchor sets. Toolchains
+    differ between hosts (no C++ compiler, an old Triton), so a failure must never stop a run.
+    """
+    fast = torch.compile(loss_fn, dynamic=True)
+    state = {"eager": False}
+
+    def run(*args: object, **kwargs: object) -> Tensor:
+        if not state["eager"]:
+            try:
+                return fast(*args, **kwargs)
+            except Exception as exc:  # a backend error: try once, then stay eager
+                warnings.warn(f"torch.compile failed, using the eager loss: {exc}", stacklevel=2)
+                state["eager"] = True
+        return loss_fn(*args, **kwargs)
+
+    return run
+
+
+def _apply_alpha(loss: Tensor, targets: Tensor, alpha: Alpha) -> Tensor:
+    if alpha is None:
+        return loss
+    if isinstance(alpha, Tensor):
+        alpha = alpha.to(loss)  # float[K] broadcasts over the trailing class dimension
+    elif alpha < 0:
+        return loss
+    return loss * (alpha * targets + (1 - alpha) * (1 - targets))
+
+
+def _reduce(loss: Tensor, reduction: Reduction) -> Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")

@@ -149,6 +149,24 @@ class SolverConfig(_Frozen):
         return self
 
 
+class EvalConfig(_Frozen):
+    """When the model is scored on the validation set, and which number picks the best one."""
+
+    period_epochs: PositiveInt = 1
+    metric: str = "AP"
+    """A COCO summary key (AP, AP50, AR100, ...), or one class: ``AP/<class name>``."""
+    batch_size: PositiveInt = 8
+
+
+class EarlyStoppingConfig(_Frozen):
+    """Stop when ``metric`` has not improved by ``min_delta`` for ``patience`` evaluations."""
+
+    metric: str = "AP"
+    """As ``EvalConfig.metric``, or ``val_loss`` (lower is better)."""
+    patience: PositiveInt = 5
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+
 class TrainConfig(_Frozen):
     """A whole training recipe."""
 
@@ -156,6 +174,10 @@ class TrainConfig(_Frozen):
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     solver: SolverConfig = SolverConfig(max_iters=90_000, steps=(60_000, 80_000))
+    eval: EvalConfig = EvalConfig()
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint_period_iters: PositiveInt = 500
+    """``last.pt`` is also written at every epoch end and when a run stops early."""
     seed: NonNegativeInt = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -1,0 +1,71 @@
+"""Deterministic, resumable batching: the same batches and augmentations after a restart.
+
+Exact resume needs two things a stock DataLoader does not give: the order of an epoch must
+be a function of (seed, epoch) only, so a resumed run can skip the batches already seen; and
+the random augmentation of a sample must not depend on which worker process drew it, so each
+sample is augmented under its own seed derived from (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+T = TypeVar("T")
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of indices, reproducible per epoch, starting at any batch.
+
+    Call :meth:`set_epoch` (and optionally :meth:`skip`) before iterating.
+    """
+
+    def __init__(self, *, num_samples: int, batch_size: int, seed: int, shuffle: bool = True) -> None:
+        if num_samples < 1:
+            raise ValueError("cannot batch an empty dataset")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, *, start_batch: int = 0) -> None:
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def __len__(self) -> int:
+        """Batches in a whole epoch (the last one may be smaller)."""
+        return -(-self.num_samples // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.num_samples, generator=generator).tolist()
+        else:
+            order = list(range(self.num_samples))
+        for b in range(self.start_batch, len(self)):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+class SeededSamples(Dataset[T], Generic[T]):
+    """Wraps a dataset so sample ``i`` of epoch ``e`` is always augmented the same way."""
+
+    def __init__(self, dataset: Dataset[T], *, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> T:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            return self.dataset[index]

@@ -1,0 +1,252 @@
+"""Typed training callbacks and the events they receive.
+
+A callback overrides the hooks it needs; every hook is a no-op by default, so a typo in a
+hook name is caught by mypy (``@override``) rather than silently never called. Callbacks that
+carry state across a resume implement ``state_dict`` / ``load_state_dict``.
+
+The same events feed a terminal progress bar, a JSON-lines log, and the service's worker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tqdm import tqdm
+
+from detector.engine.checkpoint import BEST, LAST, save_atomic
+
+if TYPE_CHECKING:
+    from detector.evaluate.coco import CocoMetrics
+
+
+@dataclass
+class TrainState:
+    """Where the run is. Iterations and epochs count what is *done*."""
+
+    epoch: int = 0
+    iteration: int = 0
+    batch_in_epoch: int = 0
+    max_iters: int = 0
+    iters_per_epoch: int = 0
+    should_stop: bool = False
+    stop_reason: str | None = None
+    best_metric: float | None = None
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    epoch: int
+    """0-based epoch this iteration belongs to."""
+    iteration: int
+    """Iterations done, 1-based."""
+    max_iters: int
+    losses: dict[str, float]
+    lr: float
+    images_per_s: float
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    epoch: int
+    """Epochs done, 1-based."""
+    iteration: int
+    train_losses: dict[str, float]
+    val_losses: dict[str, float] | None
+    metrics: CocoMetrics | None = field(default=None)
+
+
+class Trainer(Protocol):
+    """What callbacks may see of the training loop."""
+
+    state: TrainState
+
+    def checkpoint(self) -> dict[str, Any]: ...
+
+
+class Callback:
+    """Base class; override the hooks you need."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first step (also after a resume)."""
+
+    def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
+        """After each optimiser step."""
+
+    def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
+        """After each epoch, with validation loss and, when due, COCO metrics."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """After the last step of a run that finished or was stopped cleanly."""
+
+    def on_exception(self, trainer: Trainer, exc: BaseException) -> None:
+        """The run is failing with ``exc``; it is re-raised afterwards."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+def metric_value(event: EpochEvent, name: str) -> float | None:
+    """``val_loss`` or a COCO metric name (``AP``, ``AP/<class>``, ...) from an epoch event."""
+    if name == "val_loss":
+        return None if event.val_losses is None else sum(event.val_losses.values())
+    return None if event.metrics is None else event.metrics.value(name)
+
+
+def _higher_is_better(name: str) -> bool:
+    return name != "val_loss"
+
+
+class Checkpointer(Callback):
+    """``last.pt`` every ``period_iters`` and at each epoch end; ``best.pt`` by ``metric``.
+
+    Nothing is written when the run fails, so the last good checkpoint is never replaced by
+    the state of a diverged model.
+    """
+
+    def __init__(self, *, directory: Path, period_iters: int, metric: str) -> None:
+        self.directory = directory
+        self.period_iters = period_iters
+        self.metric = metric
+
+    def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
+        if event.iteration % self.period_iters == 0:
+            save_atomic(trainer.checkpoint(), self.directory / LAST)
+
+    def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
+        payload = trainer.checkpoint()
+        save_atomic(payload, self.directory / LAST)
+        value = metric_value(event, self.metric)
+        if value is None:
+            return
+        best = trainer.state.best_metric
+        better = best is None or (value > best if _higher_is_better(self.metric) else value < best)
+        if better:
+            trainer.state.best_metric = value
+            payload["best_metric"] = {"name": self.metric, "value": value}
+            save_atomic(payload, self.directory / BEST)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        save_atomic(trainer.checkpoint(), self.directory / LAST)
+
+
+class EarlyStopping(Callback):
+    """Stops the run when ``metric`` has not improved for ``patience`` evaluations."""
+
+    def __init__(self, *, metric: str, patience: int, min_delta: float = 0.0) -> None:
+        self.metric = metric
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best: float | None = None
+        self.bad_evals = 0
+
+    def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
+        value = metric_value(event, self.metric)
+        if value is None:
+            return
+        sign = 1.0 if _higher_is_better(self.metric) else -1.0
+        if self.best is None or sign * (value - self.best) > self.min_delta:
+            self.best, self.bad_evals = value, 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals >= self.patience:
+            trainer.state.should_stop = True
+            trainer.state.stop_reason = (
+                f"early stopping: {self.metric} did not improve on {self.best:.4f} "
+                f"for {self.patience} evaluations"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_evals = state["best"], state["bad_evals"]
+
+
+class JsonlEvents(Callback):
+    """Appends every event as one JSON line: the machine-readable progress feed."""
+
+    def __init__(self, *, path: Path) -> None:
+        self.path = path
+
+    def _write(self, kind: str, payload: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"type": kind, "time": time.time(), **payload}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, allow_nan=False, default=_finite_or_none) + "\n")
+
+    def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
+        self._write("step", asdict(event))
+
+    def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
+        payload = {k: v for k, v in asdict(event).items() if k != "metrics"}
+        payload["metrics"] = None if event.metrics is None else event.metrics.model_dump(mode="json")
+        self._write("epoch", payload)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self._write("end", {"iteration": trainer.state.iteration, "stop_reason": trainer.state.stop_reason})
+
+    def on_exception(self, trainer: Trainer, exc: BaseException) -> None:
+        self._write("error", {"iteration": trainer.state.iteration, "error": str(exc)})
+
+
+def _finite_or_none(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class ProgressBar(Callback):
+    """tqdm on a terminal; one log line every ``log_every`` iterations elsewhere."""
+
+    def __init__(self, *, log_every: int = 20) -> None:
+        self.log_every = log_every
+        self.bar: tqdm[Any] | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=trainer.state.max_iters, initial=trainer.state.iteration, unit="it")
+
+    def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
+        loss = sum(event.losses.values())
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=event.epoch + 1, loss=f"{loss:.3f}", lr=f"{event.lr:.2e}")
+        elif event.iteration % self.log_every == 0 or event.iteration == event.max_iters:
+            print(
+                f"[{event.iteration}/{event.max_iters}] epoch {event.epoch + 1} loss {loss:.4f} "
+                f"lr {event.lr:.2e} {event.images_per_s:.1f} img/s eta {event.eta_s:.0f}s",
+                file=sys.stderr,
+            )
+
+    def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
+        parts = [f"epoch {event.epoch} done"]
+        if event.val_losses is not None:
+            parts.append(f"val loss {sum(event.val_losses.values()):.4f}")
+        if event.metrics is not None:
+            parts.append(f"AP {_pct(event.metrics.value('AP'))} AP50 {_pct(event.metrics.value('AP50'))}")
+        message = ", ".join(parts)
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, file=sys.stderr)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def on_exception(self, trainer: Trainer, exc: BaseException) -> None:
+        self.on_fit_end(trainer)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"

@@ -1,0 +1,330 @@
+"""``fit``: the training loop, from a recipe to checkpoints and COCO metrics.
+
+The loop is deliberately plain: build everything from the recipe, optionally restore it from
+``last.pt``, then step. Callbacks observe it (progress, events, checkpoints, early stopping);
+their hooks run inside a ``try`` so that ``on_exception`` always hears about a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from detector.config import TrainConfig
+from detector.data.coco import CocoDetection, collate_detection
+from detector.data.sampler import EpochBatchSampler, SeededSamples
+from detector.data.transforms import build_transforms
+from detector.engine.callbacks import (
+    Callback,
+    Checkpointer,
+    EarlyStopping,
+    EpochEvent,
+    StepEvent,
+    TrainState,
+)
+from detector.engine.checkpoint import LAST, load_checkpoint, rng_state, set_rng_state
+from detector.engine.optim import build_optimizer, build_scheduler, total_iterations
+from detector.evaluate.coco import CocoMetrics
+from detector.evaluate.runner import evaluate, validation_loss
+from detector.model.build import build_model
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient became NaN/inf; the run stops before the weights are touched."""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    workdir: Path
+    iterations: int
+    epochs: int
+    stop_reason: str | None
+    metrics: CocoMetrics | None
+    """The last validation metrics (None without a validation set)."""
+    best_metric: float | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("the recipe asks for device=cuda but no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def fit(
+    cfg: TrainConfig,
+    workdir: Path,
+    *,
+    callbacks: Sequence[Callback] = (),
+    resume: bool = False,
+) -> FitResult:
+    """Train ``cfg`` into ``workdir`` (``checkpoints/last.pt``, ``best.pt``, ``recipe.json``).
+
+    With ``resume``, continues exactly from ``checkpoints/last.pt`` when it exists.
+    """
+    loop = TrainingLoop(cfg, workdir, callbacks=callbacks)
+    if resume:
+        loop.restore()
+    return loop.run()
+
+
+class TrainingLoop:
+    """Holds the run's objects; ``run`` is the loop. Implements the callbacks' Trainer view."""
+
+    def __init__(self, cfg: TrainConfig, workdir: Path, *, callbacks: Sequence[Callback]) -> None:
+        if cfg.data.train is None:
+            raise ValueError("the recipe has no data.train dataset")
+        self.cfg = cfg
+        self.workdir = workdir
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.train_set = CocoDetection.from_files(
+            cfg.data.train.annotations,
+            cfg.data.train.images,
+            strict=cfg.data.strict,
+            transforms=build_transforms(cfg.data, train=True),
+        )
+        self.val_set = self._eval_set(cfg)
+        self.seeded = SeededSamples(self.train_set, seed=cfg.seed)
+        self.sampler = EpochBatchSampler(
+            num_samples=len(self.train_set), batch_size=cfg.solver.batch_size, seed=cfg.seed
+        )
+        self.model = build_model(cfg.model, cfg.loss, num_classes=self.train_set.num_classes).to(self.device)
+        if cfg.solver.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.optimizer = build_optimizer(self.model, cfg.solver)
+        iters_per_epoch = len(self.sampler)
+        self.scheduler = build_scheduler(self.optimizer, cfg.solver, iters_per_epoch=iters_per_epoch)
+        self.amp_dtype = _amp_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.state = TrainState(
+            max_iters=total_iterations(cfg.solver, iters_per_epoch=iters_per_epoch),
+            iters_per_epoch=iters_per_epoch,
+        )
+        self.callbacks: list[Callback] = [
+            Checkpointer(
+                directory=workdir / "checkpoints",
+                period_iters=cfg.checkpoint_period_iters,
+                metric=cfg.eval.metric,
+            ),
+        ]
+        if cfg.early_stopping is not None:
+            es = cfg.early_stopping
+            self.callbacks.append(EarlyStopping(metric=es.metric, patience=es.patience, min_delta=es.min_delta))
+        self.callbacks.extend(callbacks)
+        self.last_metrics: CocoMetrics | None = None
+
+    def _eval_set(self, cfg: TrainConfig) -> CocoDetection | None:
+        if cfg.data.val is None:
+            return None
+        val = CocoDetection.from_files(
+            cfg.data.val.annotations,
+            cfg.data.val.images,
+            strict=cfg.data.strict,
+            transforms=build_transforms(cfg.data, train=False),
+        )
+        if val.category_ids != self.train_set.category_ids:
+            raise ValueError(
+                f"validation categories {val.category_ids} differ from training categories "
+                f"{self.train_set.category_ids}"
+            )
+        return val
+
+    # -- what callbacks and checkpoints see -------------------------------------------------
+
+    def classes(self) -> list[dict[str, Any]]:
+        ids, names = self.train_set.category_ids, self.train_set.class_names
+        return [{"id": i, "name": n} for i, n in zip(ids, names, strict=True)]
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to continue exactly, and to use the model on its own."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "state": {
+                "epoch": self.state.epoch,
+                "iteration": self.state.iteration,
+                "batch_in_epoch": self.state.batch_in_epoch,
+                "best_metric": self.state.best_metric,
+            },
+            "rng": rng_state(),
+            "callbacks": {type(cb).__qualname__: cb.state_dict() for cb in self.callbacks},
+            "recipe": self.cfg.model_dump(mode="json"),
+            "classes": self.classes(),
+        }
+
+    def restore(self) -> None:
+        path = self.workdir / "checkpoints" / LAST
+        if not path.exists():
+            return
+        ckpt = load_checkpoint(path)
+        if ckpt.get("classes") != self.classes():
+            raise ValueError(f"{path} was trained on other classes: {ckpt.get('classes')}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        for cb in self.callbacks:
+            if type(cb).__qualname__ in ckpt["callbacks"]:
+                cb.load_state_dict(ckpt["callbacks"][type(cb).__qualname__])
+        s = ckpt["state"]
+        self.state.epoch, self.state.iteration = s["epoch"], s["iteration"]
+        self.state.batch_in_epoch, self.state.best_metric = s["batch_in_epoch"], s["best_metric"]
+        set_rng_state(ckpt["rng"])
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> FitResult:
+        try:
+            for cb in self.callbacks:
+                cb.on_fit_start(self)
+            while not self._done():
+                self._run_epoch()
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
+        except BaseException as exc:
+            for cb in self.callbacks:
+                with contextlib.suppress(Exception):
+                    cb.on_exception(self, exc)
+            raise
+        return FitResult(
+            workdir=self.workdir,
+            iterations=self.state.iteration,
+            epochs=self.state.epoch,
+            stop_reason=self.state.stop_reason,
+            metrics=self.last_metrics,
+            best_metric=self.state.best_metric,
+        )
+
+    def _done(self) -> bool:
+        return self.state.should_stop or self.state.iteration >= self.state.max_iters
+
+    def _run_epoch(self) -> None:
+        state = self.state
+        self.sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+        self.seeded.set_epoch(state.epoch)
+        sums: dict[str, float] = {}
+        steps = 0
+        timer = _Throughput()
+        self.model.train()
+        for images, targets in self._batches():
+            losses = self._step(images, targets)
+            state.iteration += 1
+            state.batch_in_epoch += 1
+            steps += 1
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + value
+            ips = timer.tick(len(images))
+            event = StepEvent(
+                epoch=state.epoch,
+                iteration=state.iteration,
+                max_iters=state.max_iters,
+                losses=losses,
+                lr=self.optimizer.param_groups[0]["lr"],
+                images_per_s=ips,
+                eta_s=(state.max_iters - state.iteration) * self.cfg.solver.batch_size / max(ips, 1e-9),
+            )
+            for cb in self.callbacks:
+                cb.on_step_end(self, event)
+            if self._done():
+                break
+        if state.batch_in_epoch >= state.iters_per_epoch or state.iteration >= state.max_iters:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            self._end_epoch({k: v / max(1, steps) for k, v in sums.items()})
+
+    def _batches(self) -> Iterator[tuple[list[Tensor], list[dict[str, Tensor]]]]:
+        loader = DataLoader(
+            self.seeded,
+            batch_sampler=self.sampler,
+            num_workers=self.cfg.data.num_workers,
+            collate_fn=collate_detection,
+            pin_memory=self.device.type == "cuda",
+        )
+        for images, targets in loader:
+            yield (
+                [img.to(self.device, non_blocking=True) for img in images],
+                [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets],
+            )
+
+    def _step(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, float]:
+        """One optimiser step; returns the loss terms as floats."""
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        with autocast:
+            loss_dict: dict[str, Tensor] = self.model(images, targets)
+        loss = sum(loss_dict.values(), torch.zeros((), device=self.device))
+        values = {k: float(v.detach()) for k, v in loss_dict.items()}
+        where = f"iteration {self.state.iteration + 1} (epoch {self.state.epoch + 1})"
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite loss at {where}: {values}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.solver.clip_grad_norm or float("inf")
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        # Under fp16 the scaler skips steps with inf gradients by design; elsewhere they are fatal.
+        if not self.scaler.is_enabled() and not torch.isfinite(grad_norm):
+            raise NonFiniteLossError(f"non-finite gradient norm at {where} (loss {values})")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return values
+
+    def _end_epoch(self, train_losses: dict[str, float]) -> None:
+        state = self.state
+        val_losses, metrics = None, None
+        if self.val_set is not None:
+            val_losses = validation_loss(
+                self.model, self.val_set, device=self.device, batch_size=self.cfg.eval.batch_size
+            )
+            due = state.epoch % self.cfg.eval.period_epochs == 0 or self._done()
+            if due:
+                metrics = evaluate(
+                    self.model, self.val_set, device=self.device, batch_size=self.cfg.eval.batch_size
+                )
+                self.last_metrics = metrics
+            self.model.train()
+        event = EpochEvent(
+            epoch=state.epoch,
+            iteration=state.iteration,
+            train_losses=train_losses,
+            val_losses=val_losses,
+            metrics=metrics,
+        )
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, event)
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or cfg.solver.amp == "off":
+        return None
+    return torch.float16 if cfg.solver.amp == "fp16" else torch.bfloat16
+
+
+class _Throughput:
+    """Images per second over the last few steps (an exponential moving average)."""
+
+    def __init__(self, smoothing: float = 0.9) -> None:
+        self.smoothing = smoothing
+        self.last = time.perf_counter()
+        self.rate: float | None = None
+
+    def tick(self, images: int) -> float:
+        now = time.perf_counter()
+        rate = images / max(now - self.last, 1e-9)
+        self.last = now
+        self.rate = rate if self.rate is None else self.smoothing * self.rate + (1 - self.smoothing) * rate
+        return self.rate

@@ -1,0 +1,83 @@
+"""Running a model over a dataset: detections in COCO terms, COCO metrics, validation loss."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from detector.data.coco import CocoDetection, collate_detection
+from detector.evaluate.coco import CocoMetrics, Detection, score_detections
+
+
+def _loader(dataset: CocoDetection, batch_size: int) -> DataLoader[tuple[Tensor, dict[str, Tensor]]]:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_detection)
+
+
+def to_original_xywh(boxes: Tensor, *, input_hw: tuple[int, int], original_hw: tuple[int, int]) -> Tensor:
+    """Boxes predicted on the resized input -> COCO ``[x, y, w, h]`` in original pixels.
+
+    Args:
+        boxes: float[D, 4] xyxy in the coordinates of the image the model saw.
+        input_hw: (H, W) of that image; original_hw: (H, W) of the file.
+    Returns:
+        float[D, 4] xywh.
+    """
+    sy = original_hw[0] / input_hw[0]
+    sx = original_hw[1] / input_hw[1]
+    scaled = boxes * boxes.new_tensor([sx, sy, sx, sy])
+    return torch.cat([scaled[:, :2], scaled[:, 2:] - scaled[:, :2]], dim=1)
+
+
+@torch.no_grad()
+def predict_dataset(
+    model: nn.Module, dataset: CocoDetection, *, device: torch.device, batch_size: int = 8
+) -> Iterator[Detection]:
+    """Every detection of ``model`` on ``dataset``, with COCO category ids, original pixels."""
+    model.eval()
+    for images, targets in _loader(dataset, batch_size):
+        outputs = model([img.to(device) for img in images])
+        for image, target, out in zip(images, targets, outputs, strict=True):
+            orig = target["orig_size"].tolist()
+            xywh = to_original_xywh(
+                out["boxes"].float().cpu(),
+                input_hw=(image.shape[-2], image.shape[-1]),
+                original_hw=(orig[0], orig[1]),
+            )
+            image_id = int(target["image_id"])
+            for box, score, label in zip(xywh.tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True):
+                yield Detection(
+                    image_id=image_id,
+                    category_id=dataset.category_ids[label],
+                    bbox=(box[0], box[1], box[2], box[3]),
+                    score=score,
+                )
+
+
+def evaluate(model: nn.Module, dataset: CocoDetection, *, device: torch.device, batch_size: int = 8) -> CocoMetrics:
+    """COCO bbox metrics of ``model`` on ``dataset`` (the 12 numbers and per class)."""
+    detections = list(predict_dataset(model, dataset, device=device, batch_size=batch_size))
+    return score_detections(dataset.coco, detections)
+
+
+@torch.no_grad()
+def validation_loss(
+    model: nn.Module, dataset: CocoDetection, *, device: torch.device, batch_size: int = 8
+) -> dict[str, float]:
+    """Mean loss terms over ``dataset``, with BatchNorm statistics left untouched."""
+    model.train()  # torchvision's RetinaNet returns losses only in training mode
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    sums: dict[str, float] = {}
+    batches = 0
+    for images, targets in _loader(dataset, batch_size):
+        images_d = [img.to(device) for img in images]
+        targets_d = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        for name, value in model(images_d, targets_d).items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+        batches += 1
+    model.eval()
+    return {name: total / max(1, batches) for name, total in sums.items()}

@@ -39,7 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (CliError, RecipeError, DatasetError, WeightsError, FileNotFoundError, ValueError) as exc:
+    except (
+        CliError,
+        RecipeError,
+        DatasetError,
+        WeightsError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
         print(f"retinanet {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, RecipeError) else EXIT_FAILED
     except KeyboardInterrupt:
@@ -57,30 +64,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("annotations", type=Path, help="COCO annotations JSON")
     p.add_argument("image_dir", type=Path, help="folder the file_names are relative to")
     p.add_argument("--strict", action="store_true", help="treat every warning as an error")
-    p.add_argument("--decode", action="store_true", help="decode every image (slow; finds truncated files)")
+    p.add_argument(
+        "--decode", action="store_true", help="decode every image (slow; finds truncated files)"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--max-items", type=int, default=10, help="items listed per problem kind in the table")
+    p.add_argument(
+        "--max-items", type=int, default=10, help="items listed per problem kind in the table"
+    )
     p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("make-shapes", help="write a synthetic COCO dataset of shapes")
     p.add_argument("out", type=Path, help="output folder (annotations/ and images/ inside)")
     p.add_argument("--images", type=int, default=64, help="training images")
-    p.add_argument("--val-images", type=int, default=None, help="validation images (default: images / 4)")
+    p.add_argument(
+        "--val-images", type=int, default=None, help="validation images (default: images / 4)"
+    )
     p.add_argument("--test-images", type=int, default=0, help="test images")
     p.add_argument("--size", type=int, default=128, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--classes", default="circle,square,triangle", help=f"comma-separated, from {','.join(SHAPES)}")
+    p.add_argument(
+        "--classes",
+        default="circle,square,triangle",
+        help=f"comma-separated, from {','.join(SHAPES)}",
+    )
     p.add_argument("--weights", default=None, help="comma-separated class frequencies (imbalance)")
     p.set_defaults(handler=cmd_make_shapes)
 
     p = sub.add_parser("train", help="train a recipe on COCO datasets")
     p.add_argument("recipe", type=Path, help="YAML recipe (see configs/)")
     _add_data_args(p, "--data-train", required=True, help="training annotations and image folder")
-    _add_data_args(p, "--data-val", help="validation set (metrics, best checkpoint, early stopping)")
-    _add_data_args(p, "--data-test", help="test set, scored once at the end with the best checkpoint")
+    _add_data_args(
+        p, "--data-val", help="validation set (metrics, best checkpoint, early stopping)"
+    )
+    _add_data_args(
+        p, "--data-test", help="test set, scored once at the end with the best checkpoint"
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, events, metrics)")
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoints/last.pt")
+    p.add_argument(
+        "--out", type=Path, required=True, help="run folder (checkpoints, events, metrics)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue exactly from OUT/checkpoints/last.pt"
+    )
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("eval", help="COCO metrics of a checkpoint on a dataset")
@@ -94,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("images", type=Path, nargs="+")
     p.add_argument("--score-threshold", type=float, default=0.3)
-    p.add_argument("--draw", type=Path, default=None, metavar="DIR", help="also write PNGs with boxes here")
+    p.add_argument(
+        "--draw", type=Path, default=None, metavar="DIR", help="also write PNGs with boxes here"
+    )
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("anchors", help="per-class anchor fit (best possible recall) for a recipe")
@@ -113,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_validate(args: argparse.Namespace) -> int:
     _require_file(args.annotations, "annotations")
     _require_dir(args.image_dir, "image folder")
-    report = validate_coco(args.annotations, args.image_dir, strict=args.strict, decode_images=args.decode).report
+    report = validate_coco(
+        args.annotations, args.image_dir, strict=args.strict, decode_images=args.decode
+    ).report
     if args.json:
         print(report.model_dump_json(indent=2))
     else:
@@ -132,7 +161,9 @@ def cmd_make_shapes(args: argparse.Namespace) -> int:
         class_weights=weights or _default_weights(len(classes)),
     )
     val = args.val_images if args.val_images is not None else max(1, args.images // 4)
-    splits = [("train", args.images), ("val", val)] + ([("test", args.test_images)] if args.test_images else [])
+    splits = [("train", args.images), ("val", val)] + (
+        [("test", args.test_images)] if args.test_images else []
+    )
     for split, path in make_shapes_splits(args.out, spec, splits=splits).items():
         print(f"{split}: {path}")
     print(f"images: {args.out / 'images'}")
@@ -150,13 +181,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     assert cfg.data.train is not None
     if args.data_test is not None:
         _require_file(args.data_test[0], "test annotations")
-    print(anchor_fit(load_coco(cfg.data.train.annotations, cfg.data.train.images), cfg.model, cfg.data).to_text())
+    print(
+        anchor_fit(
+            load_coco(cfg.data.train.annotations, cfg.data.train.images), cfg.model, cfg.data
+        ).to_text()
+    )
     callbacks = [ProgressBar(), JsonlEvents(path=args.out / "events.jsonl")]
     try:
         result = fit(cfg, args.out, callbacks=callbacks, resume=args.resume)
     except NonFiniteLossError as exc:
-        raise CliError(f"{exc}; the last good checkpoint is kept in {args.out / 'checkpoints'}") from None
-    print(f"trained {result.iterations} iterations ({result.epochs} epochs)" + (f"; {result.stop_reason}" if result.stop_reason else ""))
+        raise CliError(
+            f"{exc}; the last good checkpoint is kept in {args.out / 'checkpoints'}"
+        ) from None
+    print(
+        f"trained {result.iterations} iterations ({result.epochs} epochs)"
+        + (f"; {result.stop_reason}" if result.stop_reason else "")
+    )
     if result.metrics is not None:
         print("\nvalidation (last epoch):\n" + result.metrics.to_table())
     if args.data_test is not None:
@@ -195,7 +235,9 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_data_args(parser: argparse.ArgumentParser, flag: str, *, help: str, required: bool = False) -> None:
+def _add_data_args(
+    parser: argparse.ArgumentParser, flag: str, *, help: str, required: bool = False
+) -> None:
     parser.add_argument(
         flag, nargs=2, type=Path, metavar=("ANNOTATIONS", "IMAGE_DIR"), required=required, help=help
     )

@@ -70,7 +70,9 @@ class Predictor:
         return cls(model=model, classes=classes, data=cfg.data, device=resolve_device(device))
 
     @torch.no_grad()
-    def predict(self, images: Sequence[Tensor], *, score_threshold: float = 0.0) -> list[list[DetectionOut]]:
+    def predict(
+        self, images: Sequence[Tensor], *, score_threshold: float = 0.0
+    ) -> list[list[DetectionOut]]:
         """Detections for each image.
 
         Args:
@@ -88,7 +90,9 @@ class Predictor:
                 original_hw=(image.shape[-2], image.shape[-1]),
             )
             dets = []
-            for box, score, label in zip(xywh.tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True):
+            for box, score, label in zip(
+                xywh.tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True
+            ):
                 if score < score_threshold:
                     continue
                 info = self.classes[label]
@@ -103,10 +107,15 @@ class Predictor:
             results.append(dets)
         return results
 
-    def evaluate(self, annotations: Path, image_dir: Path, *, strict: bool = False, batch_size: int = 8) -> CocoMetrics:
+    def evaluate(
+        self, annotations: Path, image_dir: Path, *, strict: bool = False, batch_size: int = 8
+    ) -> CocoMetrics:
         """COCO metrics on a dataset whose categories must be the model's."""
         dataset = CocoDetection.from_files(
-            annotations, image_dir, strict=strict, transforms=build_transforms(self.data, train=False)
+            annotations,
+            image_dir,
+            strict=strict,
+            transforms=build_transforms(self.data, train=False),
         )
         if dataset.category_ids != tuple(c.id for c in self.classes):
             raise ValueError(
@@ -115,7 +124,9 @@ class Predictor:
             )
         return evaluate(self.model, dataset, device=self.device, batch_size=batch_size)
 
-    def predict_files(self, paths: Sequence[Path], *, score_threshold: float = 0.0) -> list[list[DetectionOut]]:
+    def predict_files(
+        self, paths: Sequence[Path], *, score_threshold: float = 0.0
+    ) -> list[list[DetectionOut]]:
         images = [read_rgb(p) for p in paths]
         return self.predict(images, score_threshold=score_threshold)
 
@@ -125,6 +136,7 @@ def read_rgb(path: Path) -> Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
-        return decode_image(str(path), mode=ImageReadMode.RGB)
+        image: Tensor = decode_image(str(path), mode=ImageReadMode.RGB)
+        return image
     except RuntimeError as exc:
         raise ValueError(f"cannot decode image {path}: {exc}") from None

@@ -23,7 +23,9 @@ class EpochBatchSampler(Sampler[list[int]]):
     Call :meth:`set_epoch` (and optionally :meth:`skip`) before iterating.
     """
 
-    def __init__(self, *, num_samples: int, batch_size: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(
+        self, *, num_samples: int, batch_size: int, seed: int, shuffle: bool = True
+    ) -> None:
         if num_samples < 1:
             raise ValueError("cannot batch an empty dataset")
         self.num_samples = num_samples

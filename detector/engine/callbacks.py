@@ -189,11 +189,15 @@ class JsonlEvents(Callback):
 
     def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
         payload = {k: v for k, v in asdict(event).items() if k != "metrics"}
-        payload["metrics"] = None if event.metrics is None else event.metrics.model_dump(mode="json")
+        payload["metrics"] = (
+            None if event.metrics is None else event.metrics.model_dump(mode="json")
+        )
         self._write("epoch", payload)
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        self._write("end", {"iteration": trainer.state.iteration, "stop_reason": trainer.state.stop_reason})
+        self._write(
+            "end", {"iteration": trainer.state.iteration, "stop_reason": trainer.state.stop_reason}
+        )
 
     def on_exception(self, trainer: Trainer, exc: BaseException) -> None:
         self._write("error", {"iteration": trainer.state.iteration, "error": str(exc)})
@@ -214,7 +218,9 @@ class ProgressBar(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if sys.stderr.isatty():
-            self.bar = tqdm(total=trainer.state.max_iters, initial=trainer.state.iteration, unit="it")
+            self.bar = tqdm(
+                total=trainer.state.max_iters, initial=trainer.state.iteration, unit="it"
+            )
 
     def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
         loss = sum(event.losses.values())
@@ -233,7 +239,9 @@ class ProgressBar(Callback):
         if event.val_losses is not None:
             parts.append(f"val loss {sum(event.val_losses.values()):.4f}")
         if event.metrics is not None:
-            parts.append(f"AP {_pct(event.metrics.value('AP'))} AP50 {_pct(event.metrics.value('AP50'))}")
+            parts.append(
+                f"AP {_pct(event.metrics.value('AP'))} AP50 {_pct(event.metrics.value('AP50'))}"
+            )
         message = ", ".join(parts)
         if self.bar is not None:
             self.bar.write(message)

@@ -15,14 +15,17 @@ _NORM_TYPES = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm)
 
 def build_optimizer(model: nn.Module, cfg: SolverConfig) -> torch.optim.Optimizer:
     """SGD or AdamW over trainable parameters; norm weights and biases may get their own decay."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
             is_norm_or_bias = isinstance(module, _NORM_TYPES) or name == "bias"
             (no_decay if is_norm_or_bias else decay).append(param)
-    norm_decay = cfg.weight_decay if cfg.weight_decay_norm_bias is None else cfg.weight_decay_norm_bias
+    norm_decay = (
+        cfg.weight_decay if cfg.weight_decay_norm_bias is None else cfg.weight_decay_norm_bias
+    )
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": norm_decay},

@@ -100,12 +100,16 @@ class TrainingLoop:
         self.sampler = EpochBatchSampler(
             num_samples=len(self.train_set), batch_size=cfg.solver.batch_size, seed=cfg.seed
         )
-        self.model = build_model(cfg.model, cfg.loss, num_classes=self.train_set.num_classes).to(self.device)
+        self.model = build_model(cfg.model, cfg.loss, num_classes=self.train_set.num_classes).to(
+            self.device
+        )
         if cfg.solver.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, cfg.solver)
         iters_per_epoch = len(self.sampler)
-        self.scheduler = build_scheduler(self.optimizer, cfg.solver, iters_per_epoch=iters_per_epoch)
+        self.scheduler = build_scheduler(
+            self.optimizer, cfg.solver, iters_per_epoch=iters_per_epoch
+        )
         self.amp_dtype = _amp_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = TrainState(
@@ -121,7 +125,9 @@ class TrainingLoop:
         ]
         if cfg.early_stopping is not None:
             es = cfg.early_stopping
-            self.callbacks.append(EarlyStopping(metric=es.metric, patience=es.patience, min_delta=es.min_delta))
+            self.callbacks.append(
+                EarlyStopping(metric=es.metric, patience=es.patience, min_delta=es.min_delta)
+            )
         self.callbacks.extend(callbacks)
         self.last_metrics: CocoMetrics | None = None
 
@@ -235,7 +241,9 @@ class TrainingLoop:
                 losses=losses,
                 lr=self.optimizer.param_groups[0]["lr"],
                 images_per_s=ips,
-                eta_s=(state.max_iters - state.iteration) * self.cfg.solver.batch_size / max(ips, 1e-9),
+                eta_s=(state.max_iters - state.iteration)
+                * self.cfg.solver.batch_size
+                / max(ips, 1e-9),
             )
             for cb in self.callbacks:
                 cb.on_step_end(self, event)
@@ -262,7 +270,9 @@ class TrainingLoop:
 
     def _step(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, float]:
         """One optimiser step; returns the loss terms as floats."""
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        autocast = torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        )
         with autocast:
             loss_dict: dict[str, Tensor] = self.model(images, targets)
         loss = sum(loss_dict.values(), torch.zeros((), device=self.device))
@@ -271,7 +281,7 @@ class TrainingLoop:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss at {where}: {values}")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.solver.clip_grad_norm or float("inf")
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -293,7 +303,10 @@ class TrainingLoop:
             due = state.epoch % self.cfg.eval.period_epochs == 0 or self._done()
             if due:
                 metrics = evaluate(
-                    self.model, self.val_set, device=self.device, batch_size=self.cfg.eval.batch_size
+                    self.model,
+                    self.val_set,
+                    device=self.device,
+                    batch_size=self.cfg.eval.batch_size,
                 )
                 self.last_metrics = metrics
             self.model.train()
@@ -326,5 +339,7 @@ class _Throughput:
         now = time.perf_counter()
         rate = images / max(now - self.last, 1e-9)
         self.last = now
-        self.rate = rate if self.rate is None else self.smoothing * self.rate + (1 - self.smoothing) * rate
+        self.rate = (
+            rate if self.rate is None else self.smoothing * self.rate + (1 - self.smoothing) * rate
+        )
         return self.rate

@@ -12,11 +12,15 @@ from detector.data.coco import CocoDetection, collate_detection
 from detector.evaluate.coco import CocoMetrics, Detection, score_detections
 
 
-def _loader(dataset: CocoDetection, batch_size: int) -> DataLoader[tuple[Tensor, dict[str, Tensor]]]:
+def _loader(
+    dataset: CocoDetection, batch_size: int
+) -> DataLoader[tuple[Tensor, dict[str, Tensor]]]:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_detection)
 
 
-def to_original_xywh(boxes: Tensor, *, input_hw: tuple[int, int], original_hw: tuple[int, int]) -> Tensor:
+def to_original_xywh(
+    boxes: Tensor, *, input_hw: tuple[int, int], original_hw: tuple[int, int]
+) -> Tensor:
     """Boxes predicted on the resized input -> COCO ``[x, y, w, h]`` in original pixels.
 
     Args:
@@ -47,7 +51,9 @@ def predict_dataset(
                 original_hw=(orig[0], orig[1]),
             )
             image_id = int(target["image_id"])
-            for box, score, label in zip(xywh.tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True):
+            for box, score, label in zip(
+                xywh.tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True
+            ):
                 yield Detection(
                     image_id=image_id,
                     category_id=dataset.category_ids[label],
@@ -56,7 +62,9 @@ def predict_dataset(
                 )
 
 
-def evaluate(model: nn.Module, dataset: CocoDetection, *, device: torch.device, batch_size: int = 8) -> CocoMetrics:
+def evaluate(
+    model: nn.Module, dataset: CocoDetection, *, device: torch.device, batch_size: int = 8
+) -> CocoMetrics:
     """COCO bbox metrics of ``model`` on ``dataset`` (the 12 numbers and per class)."""
     detections = list(predict_dataset(model, dataset, device=device, batch_size=batch_size))
     return score_detections(dataset.coco, detections)

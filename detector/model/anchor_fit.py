@@ -52,7 +52,10 @@ class AnchorFit:
             recall = "-" if c.recall is None else f"{100 * c.recall:5.1f}%"
             side = "-" if c.median_side_px is None else f"{c.median_side_px:.0f}px"
             flag = "  <-- LOW" if c in self.weak() else ""
-            lines.append(f"  {c.name:<20} boxes {c.num_boxes:>6}  median side {side:>6}  recall {recall}{flag}")
+            lines.append(
+                f"  {c.name:<20} boxes {c.num_boxes:>6}  median side {side:>6}  "
+                f"recall {recall}{flag}"
+            )
         if self.weak():
             if self.suggested_sizes is not None:
                 hint = f"set model.anchor_sizes={_fmt(self.suggested_sizes)}"
@@ -74,7 +77,13 @@ def anchor_fit(coco: CleanCoco, model: ModelConfig, data: DataConfig) -> AnchorF
                 suggested = sizes
                 break
     classes = tuple(
-        ClassFit(category_id=c.id, name=c.name, num_boxes=current[c.id][1], recall=current[c.id][0], median_side_px=current[c.id][2])
+        ClassFit(
+            category_id=c.id,
+            name=c.name,
+            num_boxes=current[c.id][1],
+            recall=current[c.id][0],
+            median_side_px=current[c.id][2],
+        )
         for c in coco.categories
     )
     return AnchorFit(
@@ -91,7 +100,9 @@ def eval_size(height: int, width: int, data: DataConfig) -> tuple[int, int]:
     return round(height * scale), round(width * scale)
 
 
-def _recalls(coco: CleanCoco, model: ModelConfig, data: DataConfig) -> dict[int, tuple[float | None, int, float | None]]:
+def _recalls(
+    coco: CleanCoco, model: ModelConfig, data: DataConfig
+) -> dict[int, tuple[float | None, int, float | None]]:
     """category id -> (recall, number of boxes, median side px)."""
     generator = build_anchor_generator(model)
     anchors_for: dict[tuple[int, int], Tensor] = {}
@@ -124,7 +135,7 @@ def _recalls(coco: CleanCoco, model: ModelConfig, data: DataConfig) -> dict[int,
 
 
 def _anchors(generator: torch.nn.Module, size: tuple[int, int]) -> Tensor:
-    """float[A, 4] xyxy anchors of an image of ``size`` padded to a multiple of 32, as the model does."""
+    """float[A, 4] xyxy anchors for an image of ``size``, padded to /32 as the model pads."""
     h, w = (-(-s // 32) * 32 for s in size)
     shapes = []
     fh, fw = h // 8, w // 8  # P3 .. P5 have strides 8, 16, 32; P6, P7 halve again (ceil)

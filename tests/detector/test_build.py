@@ -61,8 +61,12 @@ def test_frozen_stages() -> None:
     cfg = TINY.model_copy(update={"norm": "frozen_bn", "trainable_backbone_layers": 2})
     model = build_model(cfg, LossConfig(), num_classes=3)
     body = dict(model.backbone.body.named_parameters())
-    assert not body["conv1.weight"].requires_grad and not body["layer2.0.conv1.weight"].requires_grad
-    assert body["layer3.0.conv1.weight"].requires_grad and body["layer4.0.conv1.weight"].requires_grad
+    assert (
+        not body["conv1.weight"].requires_grad and not body["layer2.0.conv1.weight"].requires_grad
+    )
+    assert (
+        body["layer3.0.conv1.weight"].requires_grad and body["layer4.0.conv1.weight"].requires_grad
+    )
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -76,7 +80,9 @@ def test_backbone_weights_from_a_local_file(tmp_path: Path, suffix: str) -> None
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     else:
         torch.save(state, path)
-    model = build_model(TINY.model_copy(update={"backbone_weights": path}), LossConfig(), num_classes=3)
+    model = build_model(
+        TINY.model_copy(update={"backbone_weights": path}), LossConfig(), num_classes=3
+    )
     assert torch.all(model.backbone.body.conv1.weight == 0.125)
 
 
@@ -95,10 +101,14 @@ def test_full_model_weights_and_class_count_mismatch(tmp_path: Path) -> None:
     same = build_model(TINY.model_copy(update={"weights": path}), LossConfig(), num_classes=5)
     for (name, a), b in zip(source.state_dict().items(), same.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-    with pytest.raises(WeightsError, match=r"cls_logits\.weight: file \(45, 32, 3, 3\) vs model \(27, 32, 3, 3\)"):
+    with pytest.raises(
+        WeightsError, match=r"cls_logits\.weight: file \(45, 32, 3, 3\) vs model \(27, 32, 3, 3\)"
+    ):
         build_model(TINY.model_copy(update={"weights": path}), LossConfig(), num_classes=3)
     finetune = build_model(
-        TINY.model_copy(update={"weights": path, "skip_mismatched_weights": True}), LossConfig(), num_classes=3
+        TINY.model_copy(update={"weights": path, "skip_mismatched_weights": True}),
+        LossConfig(),
+        num_classes=3,
     )
     assert torch.equal(finetune.backbone.body.conv1.weight, source.backbone.body.conv1.weight)
 
@@ -113,4 +123,6 @@ def test_unreadable_and_pickled_code_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="cannot read weights"):
         build_model(TINY.model_copy(update={"weights": evil}), LossConfig(), num_classes=3)
     with pytest.raises(WeightsError, match="not found"):
-        build_model(TINY.model_copy(update={"weights": tmp_path / "none.pt"}), LossConfig(), num_classes=3)
+        build_model(
+            TINY.model_copy(update={"weights": tmp_path / "none.pt"}), LossConfig(), num_classes=3
+        )

@@ -54,7 +54,9 @@ def test_unknown_key_names_full_path_and_allowed_keys() -> None:
 def test_wrong_type_and_literal_name_the_key_and_allowed_values() -> None:
     with pytest.raises(RecipeError, match=r"solver\.lr: .*number"):
         load_recipe(CONFIGS / "shapes_tiny.yaml", ["solver.lr=fast"])
-    with pytest.raises(RecipeError, match=r"model\.backbone: .*'resnet18', 'resnet34' or 'resnet50'"):
+    with pytest.raises(
+        RecipeError, match=r"model\.backbone: .*'resnet18', 'resnet34' or 'resnet50'"
+    ):
         load_recipe(CONFIGS / "shapes_tiny.yaml", ["model.backbone=vgg16"])
     with pytest.raises(RecipeError, match=r"loss\.gamma: .*greater than or equal to 0"):
         load_recipe(CONFIGS / "shapes_tiny.yaml", ["loss.gamma=-1"])
@@ -77,7 +79,7 @@ def test_bad_files_and_overrides(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(RecipeError, match="cycle"):
         load_recipe(tmp_path / "a.yaml")
-    with pytest.raises(RecipeError, match="key.path=value"):
+    with pytest.raises(RecipeError, match=r"key\.path=value"):
         parse_override("gamma")
     with pytest.raises(RecipeError, match=r"loss\.gamma is a value"):
         load_recipe(CONFIGS / "shapes_tiny.yaml", ["loss.gamma.x=1"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,11 @@ from detector.model.heads import (
 K, A = 3, 2
 
 
-def _batch(seed: int = 0, rows: int = 40) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+def _batch(
+    seed: int = 0, rows: int = 40
+) -> tuple[
+    list[dict[str, torch.Tensor]], dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]
+]:
     """Two images with 3 and 1 boxes; random logits, deltas, anchors and matches."""
     gen = torch.Generator().manual_seed(seed)
     targets = []
@@ -28,7 +33,10 @@ def _batch(seed: int = 0, rows: int = 40) -> tuple[list[dict[str, torch.Tensor]]
         xy = torch.rand(num_boxes, 2, generator=gen) * 50
         wh = torch.rand(num_boxes, 2, generator=gen) * 30 + 5
         targets.append(
-            {"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(0, K, (num_boxes,), generator=gen)}
+            {
+                "boxes": torch.cat([xy, xy + wh], 1),
+                "labels": torch.randint(0, K, (num_boxes,), generator=gen),
+            }
         )
         m = torch.randint(-2, num_boxes, (rows,), generator=gen)
         matched.append(m)
@@ -80,9 +88,13 @@ def _reference(targets, outputs, anchors, matched, beta: float) -> tuple[float, 
     return cls_total / positives, box_total / positives
 
 
-def _heads(**kwargs: object) -> tuple[FocalClassificationHead, BoxRegressionHead]:
-    cls = FocalClassificationHead(in_channels=8, num_anchors=A, num_classes=K, num_convs=1, channels=8, **kwargs)  # type: ignore[arg-type]
-    box = BoxRegressionHead(in_channels=8, num_anchors=A, num_convs=1, channels=8, loss="smooth_l1", smooth_l1_beta=0.11)
+def _heads(**kwargs: Any) -> tuple[FocalClassificationHead, BoxRegressionHead]:
+    cls = FocalClassificationHead(
+        in_channels=8, num_anchors=A, num_classes=K, num_convs=1, channels=8, **kwargs
+    )
+    box = BoxRegressionHead(
+        in_channels=8, num_anchors=A, num_convs=1, channels=8, loss="smooth_l1", smooth_l1_beta=0.11
+    )
     return cls, box
 
 
@@ -97,25 +109,31 @@ def test_batched_losses_equal_per_anchor_reference() -> None:
 
 
 def test_ignored_anchors_do_not_count() -> None:
-    targets, outputs, anchors, matched = _batch()
+    targets, outputs, _, matched = _batch()
     cls, _ = _heads()
     before = cls.compute_loss(targets, outputs, matched)
     changed = {k: v.clone() for k, v in outputs.items()}
     changed["cls_logits"][0][matched[0] == IGNORE] = 50.0
-    assert cls.compute_loss(targets, changed, matched).item() == pytest.approx(before.item(), rel=1e-6)
+    assert cls.compute_loss(targets, changed, matched).item() == pytest.approx(
+        before.item(), rel=1e-6
+    )
     changed["cls_logits"][0][matched[0] == -1] += 1.0  # background anchors do count
-    assert cls.compute_loss(targets, changed, matched).item() != pytest.approx(before.item(), rel=1e-3)
+    assert cls.compute_loss(targets, changed, matched).item() != pytest.approx(
+        before.item(), rel=1e-3
+    )
 
 
 def test_equals_torchvision_when_images_have_equal_positive_counts() -> None:
     """torchvision normalises per image; with equal counts the batch-wide norm is the same."""
-    targets, outputs, anchors, matched = _batch(rows=30)
+    targets, outputs, _, matched = _batch(rows=30)
     for m in matched:
         m[:] = torch.tensor([0, 0, 0, 0] + [-1] * 20 + [-2] * 6)
     cls, _ = _heads()
     ref = RetinaNetClassificationHead(8, A, K)
     ours = cls.compute_loss(targets, outputs, matched)
-    torch.testing.assert_close(ours, ref.compute_loss(targets, outputs, matched), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        ours, ref.compute_loss(targets, outputs, matched), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_batch_without_any_box_gives_finite_loss() -> None:
@@ -139,16 +157,17 @@ def test_prior_bias_and_alpha_checks() -> None:
 
 def test_giou_and_l1_box_losses_are_zero_for_perfect_deltas() -> None:
     targets, outputs, anchors, matched = _batch()
-    cls, _ = _heads()
     for kind in ("l1", "giou"):
-        box = BoxRegressionHead(in_channels=8, num_anchors=A, num_convs=1, channels=8, loss=kind)  # type: ignore[arg-type]
+        box = BoxRegressionHead(in_channels=8, num_anchors=A, num_convs=1, channels=8, loss=kind)
         perfect = {k: v.clone() for k, v in outputs.items()}
         for i, target in enumerate(targets):
             fg = matched[i] >= 0
             perfect["bbox_regression"][i][fg] = box.box_coder.encode_single(
                 target["boxes"][matched[i][fg]], anchors[i][fg]
             )
-        assert box.compute_loss(targets, perfect, anchors, matched).item() == pytest.approx(0.0, abs=1e-5)
+        assert box.compute_loss(targets, perfect, anchors, matched).item() == pytest.approx(
+            0.0, abs=1e-5
+        )
         assert box.compute_loss(targets, outputs, anchors, matched).item() > 0.01
 
 
@@ -159,7 +178,9 @@ def test_uncertainty_weighting_in_head_is_trainable() -> None:
     losses = head.compute_loss(targets, outputs, anchors, matched)
     sum(losses.values()).backward()  # type: ignore[union-attr]
     assert head.log_vars.requires_grad and head.log_vars.grad is not None
-    fixed = FocalRetinaNetHead(classification_head=cls, regression_head=box, cls_weight=2.0, box_weight=0.5)
+    fixed = FocalRetinaNetHead(
+        classification_head=cls, regression_head=box, cls_weight=2.0, box_weight=0.5
+    )
     plain = {
         "classification": cls.compute_loss(targets, outputs, matched),
         "bbox_regression": box.compute_loss(targets, outputs, anchors, matched),
@@ -171,7 +192,9 @@ def test_uncertainty_weighting_in_head_is_trainable() -> None:
 
 
 def test_background_anchors_inside_crowd_regions_are_ignored() -> None:
-    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [40.0, 40.0, 50.0, 50.0], [0.0, 0.0, 10.0, 10.0]])
+    anchors = torch.tensor(
+        [[0.0, 0.0, 10.0, 10.0], [40.0, 40.0, 50.0, 50.0], [0.0, 0.0, 10.0, 10.0]]
+    )
     matched = torch.tensor([-1, -1, 0])
     target = {"crowd_boxes": torch.tensor([[0.0, 0.0, 20.0, 20.0]])}
     (out,) = ignore_crowd([target], [anchors], [matched], min_ioa=0.5)

@@ -1,0 +1,1 @@
+"""Evaluation: COCO metrics of detections against a validated dataset."""

@@ -116,13 +116,18 @@ def compiled(loss_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     state = {"eager": False}
 
     def run(*args: object, **kwargs: object) -> Tensor:
-        if not state["eager"]:
-            try:
-                return fast(*args, **kwargs)
-            except Exception as exc:  # a backend error: try once, then stay eager
-                warnings.warn(f"torch.compile failed, using the eager loss: {exc}", stacklevel=2)
-                state["eager"] = True
-        return loss_fn(*args, **kwargs)
+        if state["eager"]:
+            return loss_fn(*args, **kwargs)
+        try:
+            return fast(*args, **kwargs)
+        except Exception as exc:
+            # If the eager loss raises too, the arguments are at fault, not the compiler: that
+            # error propagates and compiling stays on. Otherwise it was a backend error: stay
+            # eager from now on.
+            loss = loss_fn(*args, **kwargs)
+            warnings.warn(f"torch.compile failed, using the eager loss: {exc}", stacklevel=2)
+            state["eager"] = True
+            return loss
 
     return run
 

@@ -63,6 +63,9 @@ class ModelConfig(_Frozen):
     norm: Literal["frozen_bn", "bn"] = "frozen_bn"
     trainable_backbone_layers: Annotated[int, Field(ge=0, le=5)] = 3
     fpn_channels: PositiveInt = 256
+    head: Literal["focal", "torchvision"] = "focal"
+    """``torchvision``: the stock RetinaNetHead and its per-image loss (fixed alpha 0.25,
+    gamma 2, L1 boxes; ``loss`` is ignored), as a reference to compare against."""
     head_convs: NonNegativeInt = 4
     head_channels: PositiveInt = 256
     prior_prob: Annotated[float, Field(gt=0, lt=1)] = 0.01
@@ -95,6 +98,14 @@ class ModelConfig(_Frozen):
     def _check_ious(self) -> ModelConfig:
         if self.bg_iou > self.fg_iou:
             raise ValueError(f"bg_iou ({self.bg_iou}) must not exceed fg_iou ({self.fg_iou})")
+        if self.head == "torchvision" and (self.head_convs, self.head_channels) != (
+            4,
+            self.fpn_channels,
+        ):
+            raise ValueError(
+                "head=torchvision has 4 convs as wide as the FPN: "
+                f"set head_convs=4 and head_channels={self.fpn_channels}"
+            )
         return self
 
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -71,7 +72,11 @@ def build_anchor_generator(cfg: ModelConfig) -> AnchorGenerator:
 
 def build_head(
     cfg: ModelConfig, loss: LossConfig, *, num_anchors: int, num_classes: int
-) -> FocalRetinaNetHead:
+) -> nn.Module:
+    """Our focal head, or torchvision's stock head when ``cfg.head == "torchvision"``."""
+    if cfg.head == "torchvision":
+        stock: nn.Module = RetinaNetHead(cfg.fpn_channels, num_anchors, num_classes)
+        return stock
     classification = FocalClassificationHead(
         in_channels=cfg.fpn_channels,
         num_anchors=num_anchors,
@@ -136,7 +141,7 @@ def build_model(cfg: ModelConfig, loss: LossConfig, *, num_classes: int) -> Reti
             read_state_dict(cfg.weights),
             source=str(cfg.weights),
             skip_mismatched=cfg.skip_mismatched_weights,
-            optional=("head.log_vars",),
+            optional=("head.log_vars",),  # our learned loss weights; stock files lack them
         )
     return model
 

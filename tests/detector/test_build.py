@@ -126,3 +126,16 @@ def test_unreadable_and_pickled_code_files_are_refused(tmp_path: Path) -> None:
         build_model(
             TINY.model_copy(update={"weights": tmp_path / "none.pt"}), LossConfig(), num_classes=3
         )
+
+
+def test_stock_torchvision_head_as_a_reference() -> None:
+    from torchvision.models.detection.retinanet import RetinaNetHead
+
+    cfg = TINY.model_copy(update={"head": "torchvision", "head_convs": 4, "head_channels": 32})
+    model = build_model(cfg, LossConfig(), num_classes=3)
+    assert type(model.head) is RetinaNetHead
+    model.train()
+    losses = model([torch.rand(3, 96, 128), torch.rand(3, 128, 96)], _targets())
+    assert set(losses) == {"classification", "bbox_regression"}
+    with pytest.raises(ValueError, match="head_convs=4 and head_channels=32"):
+        ModelConfig.model_validate({**TINY.model_dump(), "head": "torchvision"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from detector.data.validate import DatasetError, load_coco, validate_coco
 from detector.draw import draw_detections
 from detector.engine.callbacks import JsonlEvents, ProgressBar
 from detector.engine.checkpoint import BEST, LAST
-from detector.engine.trainer import NonFiniteLossError, fit
+from detector.engine.trainer import AnchorFitWarning, NonFiniteLossError, fit
 from detector.model.anchor_fit import anchor_fit
 from detector.model.weights import WeightsError
 from detector.predict import Predictor, read_rgb
@@ -178,17 +179,13 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.recipe, [*_data_overrides(args), *args.overrides])
-    assert cfg.data.train is not None
     if args.data_test is not None:
         _require_file(args.data_test[0], "test annotations")
-    print(
-        anchor_fit(
-            load_coco(cfg.data.train.annotations, cfg.data.train.images), cfg.model, cfg.data
-        ).to_text()
-    )
     callbacks = [ProgressBar(), JsonlEvents(path=args.out / "events.jsonl")]
     try:
-        result = fit(cfg, args.out, callbacks=callbacks, resume=args.resume)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AnchorFitWarning)  # ProgressBar prints the whole fit
+            result = fit(cfg, args.out, callbacks=callbacks, resume=args.resume)
     except NonFiniteLossError as exc:
         raise CliError(
             f"{exc}; the last good checkpoint is kept in {args.out / 'checkpoints'}"

@@ -23,6 +23,7 @@ from detector.engine.checkpoint import BEST, LAST, save_atomic
 
 if TYPE_CHECKING:
     from detector.evaluate.coco import CocoMetrics
+    from detector.model.anchor_fit import AnchorFit
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Trainer(Protocol):
     """What callbacks may see of the training loop."""
 
     state: TrainState
+    anchor_fit: AnchorFit
 
     def checkpoint(self) -> dict[str, Any]: ...
 
@@ -184,6 +186,12 @@ class JsonlEvents(Callback):
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, allow_nan=False, default=_finite_or_none) + "\n")
 
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._write(
+            "start",
+            {"iteration": trainer.state.iteration, "anchor_fit": asdict(trainer.anchor_fit)},
+        )
+
     def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
         self._write("step", asdict(event))
 
@@ -217,6 +225,7 @@ class ProgressBar(Callback):
         self.bar: tqdm[Any] | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        print(trainer.anchor_fit.to_text(), file=sys.stderr)
         if sys.stderr.isatty():
             self.bar = tqdm(
                 total=trainer.state.max_iters, initial=trainer.state.iteration, unit="it"

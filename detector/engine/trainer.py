@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,12 @@ from detector.engine.checkpoint import LAST, load_checkpoint, rng_state, set_rng
 from detector.engine.optim import build_optimizer, build_scheduler, total_iterations
 from detector.evaluate.coco import CocoMetrics
 from detector.evaluate.runner import evaluate, validation_loss
+from detector.model.anchor_fit import anchor_fit
 from detector.model.build import build_model
+
+
+class AnchorFitWarning(UserWarning):
+    """Some class's boxes are mostly unmatchable by the recipe's anchors."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -96,6 +102,10 @@ class TrainingLoop:
             transforms=build_transforms(cfg.data, train=True),
         )
         self.val_set = self._eval_set(cfg)
+        # Checked before any step: a class no anchor can match trains poorly however long.
+        self.anchor_fit = anchor_fit(self.train_set.coco, cfg.model, cfg.data)
+        if self.anchor_fit.weak():
+            warnings.warn(self.anchor_fit.to_text(), AnchorFitWarning, stacklevel=2)
         self.seeded = SeededSamples(self.train_set, seed=cfg.seed)
         self.sampler = EpochBatchSampler(
             num_samples=len(self.train_set), batch_size=cfg.solver.batch_size, seed=cfg.seed

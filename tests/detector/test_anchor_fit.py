@@ -6,13 +6,13 @@ from pathlib import Path
 
 from detector.config import DataConfig, ModelConfig
 from detector.data.shapes import ShapesSpec, make_shapes
-from detector.data.validate import load_coco
+from detector.data.validate import CleanCoco, load_coco
 from detector.model.anchor_fit import WARN_BELOW, anchor_fit
 
 DATA = DataConfig(train_min_sizes=(128,), eval_min_size=128, max_size=128)
 
 
-def _coco(tmp_path: Path, *, lo: float, hi: float):  # type: ignore[no-untyped-def]
+def _coco(tmp_path: Path, *, lo: float, hi: float) -> CleanCoco:
     spec = ShapesSpec(num_images=12, size_px=128, seed=0, min_object_frac=lo, max_object_frac=hi)
     return load_coco(make_shapes(tmp_path, spec), tmp_path / "images")
 

@@ -62,7 +62,7 @@ def test_bad_paths_and_recipes_are_one_clear_line(shapes: Path, tmp_path: Path) 
     proc = _run("recipe", CONFIGS / "shapes_tiny.yaml", "--set", "loss.gama=1", check=False)
     assert proc.returncode == 2 and "loss.gama: unknown key (allowed:" in proc.stderr
     ann = shapes / "annotations" / "instances_train.json"
-    args = ["--data-train", ann, shapes / "images", "--out", tmp_path / "run"]
+    args: list[str | Path] = ["--data-train", ann, shapes / "images", "--out", tmp_path / "run"]
     proc = _run(
         "train", CONFIGS / "shapes_tiny.yaml", *args, "--set", "model.backbone=vgg", check=False
     )
@@ -83,11 +83,17 @@ def test_train_eval_predict(shapes: Path, tmp_path: Path) -> None:
         "--set",
         "data.max_size=96",
     ]
-    proc = _run(
-        "train", CONFIGS / "shapes_tiny.yaml", "--data-train", ann, images, "--data-val", val, images,
-        "--data-test", val, images, "--out", out, "--set", "solver.epochs=2", "--set", "solver.steps=[1]",
-        *sizes,
-    )  # fmt: skip
+    budget: list[str | Path] = ["--set", "solver.epochs=2", "--set", "solver.steps=[1]", *sizes]
+    train: list[str | Path] = [
+        "train",
+        CONFIGS / "shapes_tiny.yaml",
+        "--data-train",
+        ann,
+        images,
+        "--out",
+        out,
+    ]
+    proc = _run(*train, "--data-val", val, images, "--data-test", val, images, *budget)
     assert "trained 6 iterations (2 epochs)" in proc.stdout
     assert "anchor fit" in proc.stderr and "test (best.pt)" in proc.stdout
     test_metrics = json.loads((out / "metrics_test.json").read_text())
@@ -120,8 +126,5 @@ def test_train_eval_predict(shapes: Path, tmp_path: Path) -> None:
     assert proc.returncode == 1 and "image not found" in proc.stderr
 
     # Resuming a finished run trains nothing more and ends the same.
-    proc = _run(
-        "train", CONFIGS / "shapes_tiny.yaml", "--data-train", ann, images, "--out", out, "--resume",
-        "--set", "solver.epochs=2", "--set", "solver.steps=[1]", *sizes,
-    )  # fmt: skip
+    proc = _run(*train, "--resume", *budget)
     assert "trained 6 iterations (2 epochs)" in proc.stdout

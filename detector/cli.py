@@ -34,8 +34,12 @@ class CliError(Exception):
     """A problem the user can fix; printed as one message."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+AddCommands = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def main(argv: Sequence[str] | None = None, *, extra: AddCommands | None = None) -> int:
+    """Run the command line; ``extra`` adds subcommands (the service adds serve and worker)."""
+    parser = build_parser(extra=extra)
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
@@ -55,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, extra: AddCommands | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retinanet", description="Train and evaluate RetinaNet (focal loss) on COCO datasets."
     )
@@ -135,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", type=Path)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(handler=cmd_recipe)
+    if extra is not None:
+        extra(sub)
     return parser
 
 

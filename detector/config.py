@@ -205,9 +205,16 @@ class RecipeError(ValueError):
     """A recipe that cannot be read or does not validate; the message names the key."""
 
 
-def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
-    """Read a YAML recipe (following ``base:``), apply dotted overrides, and validate it."""
+def load_recipe(
+    path: str | Path, overrides: Iterable[str] = (), *, update: Mapping[str, Any] | None = None
+) -> TrainConfig:
+    """Read a YAML recipe (following ``base:``), apply dotted overrides, and validate it.
+
+    ``update``: nested sections merged over the file's values before the dotted overrides.
+    """
     raw = _read_with_bases(Path(path), seen=())
+    if update:
+        _deep_merge(raw, update)
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)

@@ -95,3 +95,13 @@ def test_configs_are_frozen() -> None:
     cfg = load_recipe(CONFIGS / "shapes_tiny.yaml")
     with pytest.raises(ValidationError):
         cfg.loss.gamma = 3.0  # type: ignore[misc]
+
+
+def test_nested_update_merges_before_dotted_overrides() -> None:
+    cfg = load_recipe(
+        CONFIGS / "shapes_tiny.yaml",
+        ["loss.gamma=3"],
+        update={"loss": {"gamma": 1.0, "alpha": 0.5}, "solver": {"epochs": 2, "steps": [1]}},
+    )
+    assert (cfg.loss.gamma, cfg.loss.alpha, cfg.solver.epochs) == (3.0, 0.5, 2)
+    assert cfg.model.backbone == "resnet18"  # untouched sections keep the file's values

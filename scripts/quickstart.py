@@ -1,0 +1,107 @@
+"""The quick start's main job, over HTTP: start the service on its embedded defaults (SQLite,
+one worker), upload a generated COCO dataset, post a training job, follow it live, print the
+COCO metrics table, stop the service."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from detector.data.shapes import ShapesSpec, make_shapes_splits
+from detector.evaluate.coco import CocoMetrics
+from service.client import Client
+from service.settings import hash_key
+
+WORK = Path(".quickstart")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the service at {url} did not become ready in {timeout_s} s")
+
+
+def main() -> int:
+    data = WORK / "data"
+    paths = make_shapes_splits(
+        data, ShapesSpec(num_images=1, size_px=128, seed=0), splits=[("train", 96), ("val", 32)]
+    )
+    api_key = secrets.token_urlsafe(24)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "RETINANET_DATA_DIR": str(WORK / "service"),
+        "RETINANET_API_KEY_HASHES": hash_key(api_key),
+        "RETINANET_HEARTBEAT_S": "2",
+        "RETINANET_POLL_S": "0.5",
+    }
+    print(f"starting the service on {url} (data in {WORK / 'service'})", flush=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env
+    )
+    try:
+        wait_ready(url)
+        with Client(url, api_key=api_key) as client:
+            train = client.upload_dataset(paths["train"], data / "images", name="shapes-train")
+            val = client.upload_dataset(paths["val"], data / "images", name="shapes-val")
+            print(
+                f"datasets: train {train['id']} ({train['num_images']} images, "
+                f"{train['class_counts']}), "
+                f"val {val['id']} ({val['num_images']} images)"
+            )
+            job = client.create_job(
+                train_dataset_id=train["id"], val_dataset_id=val["id"], recipe="shapes_tiny"
+            )
+            print(f"job {job['id']} queued; following its events")
+            for event in client.events(job["id"]):
+                payload = event["data"]
+                if event["event"] == "epoch":
+                    m = payload.get("metrics") or {}
+                    ap = (m.get("summary") or {}).get("AP50")
+                    ap_text = "" if ap is None else f", val AP50 {100 * ap:.1f}"
+                    print(
+                        f"  epoch {payload['epoch']}: "
+                        f"val loss {sum((payload.get('val_losses') or {}).values()):.3f}{ap_text}"
+                    )
+                elif event["event"] in ("status", "error"):
+                    print(f"  {event['event']}: {payload}")
+            job = client.wait(job["id"])
+            print(
+                f"job {job['id']}: {job['status']}" + (f" ({job['error']})" if job["error"] else "")
+            )
+            metrics = client.metrics(job["id"])
+            if metrics["latest"] is None:
+                return 1
+            print(
+                "\nvalidation metrics (GET /v1/jobs/{id}/metrics):\n"
+                + CocoMetrics.model_validate(metrics["latest"]).to_table()
+            )
+            return 0 if job["status"] == "succeeded" else 1
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

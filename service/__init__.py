@@ -1,0 +1,1 @@
+"""The training service: datasets, jobs and metrics over HTTP, a durable job store, workers."""

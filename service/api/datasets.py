@@ -1,0 +1,193 @@
+"""``/v1/datasets``: upload or register a COCO dataset, list, read and delete them."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, status
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from detector import validate_coco
+from service.api.deps import SessionDep, SettingsDep, StorageDep
+from service.errors import ApiError
+from service.ingest import Located, resolve_under, unpack_zip
+from service.schemas import DatasetPublic, DatasetRegister, DatasetsPublic, ErrorBody
+from service.store import repo
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody},
+    404: {"model": ErrorBody},
+    409: {"model": ErrorBody},
+}
+_UPLOAD_DOC = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "name": {"type": "string"},
+                    },
+                    "required": ["file"],
+                }
+            },
+            "application/json": {"schema": DatasetRegister.model_json_schema()},
+        }
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetPublic,
+    responses={
+        **_ERRORS,
+        403: {"model": ErrorBody},
+        413: {"model": ErrorBody},
+        415: {"model": ErrorBody},
+        422: {"model": ErrorBody},
+    },
+    openapi_extra=_UPLOAD_DOC,
+)
+async def create_dataset(
+    request: Request, session: SessionDep, settings: SettingsDep, storage: StorageDep
+) -> DatasetPublic:
+    """A zip upload (multipart field ``file``) or a JSON body registering a server folder.
+
+    The dataset is validated: errors -> 422 with the report and nothing kept; otherwise 201
+    with the report (its warnings say what was dropped or clipped).
+    """
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        return await _upload(request, session, settings, storage)
+    if content_type.startswith("application/json"):
+        try:
+            body = DatasetRegister.model_validate_json(await request.body())
+        except ValidationError as exc:
+            details = [{"loc": list(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+            raise ApiError(422, "invalid_request", "the request is malformed", details) from None
+        annotations = resolve_under(settings.dataset_root, body.annotations)
+        images = resolve_under(settings.dataset_root, body.images)
+        return _register(
+            session, name=body.name, source="folder", located=Located(annotations, images)
+        )
+    raise ApiError(
+        415, "unsupported_media_type", "send multipart/form-data (zip upload) or application/json"
+    )
+
+
+async def _upload(
+    request: Request, session: SessionDep, settings: SettingsDep, storage: StorageDep
+) -> DatasetPublic:
+    max_bytes = settings.max_upload_mb * 1024 * 1024
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, "too_large", f"the upload is {declared} bytes (limit {max_bytes})")
+    form = await request.form(max_files=1, max_fields=4)
+    upload, name = form.get("file"), form.get("name")
+    if not isinstance(upload, UploadFile):
+        raise ApiError(422, "invalid_request", "multipart field 'file' (a zip) is required")
+    staging = storage.staging_dir()
+    try:
+        archive = staging / "upload.zip"
+        _copy_capped(upload, archive, max_bytes=max_bytes)
+        unpacked = staging / "dataset"
+        located = unpack_zip(
+            archive, unpacked, max_bytes=max_bytes, max_files=settings.max_upload_files
+        )
+        archive.unlink()
+        folder = storage.dataset_dir(uuid.uuid4().hex)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        unpacked.rename(folder)
+        located = Located(
+            folder / located.annotations.relative_to(unpacked),
+            folder / located.images.relative_to(unpacked),
+        )
+        label = name if isinstance(name, str) and name else (upload.filename or "upload")
+        try:
+            return _register(session, name=label, source="upload", located=located)
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)  # a refused dataset leaves nothing behind
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_capped(upload: UploadFile, target: Path, *, max_bytes: int) -> None:
+    written = 0
+    with target.open("wb") as out:
+        while chunk := upload.file.read(1 << 20):
+            written += len(chunk)
+            if written > max_bytes:
+                raise ApiError(413, "too_large", f"the upload exceeds {max_bytes} bytes")
+            out.write(chunk)
+
+
+def _validated(located: Located) -> dict[str, object]:
+    coco = validate_coco(located.annotations, located.images)
+    report = coco.report
+    if not report.ok:
+        raise ApiError(
+            422,
+            "invalid_dataset",
+            f"the dataset has {len(report.errors())} error(s)",
+            report.model_dump(mode="json"),
+        )
+    return {
+        "num_images": len(coco.images),
+        "num_boxes": report.num_boxes,
+        "class_counts": report.class_counts,
+        "categories": [{"id": c.id, "name": c.name} for c in coco.categories],
+        "report": report.model_dump(mode="json"),
+    }
+
+
+def _register(session: SessionDep, *, name: str, source: str, located: Located) -> DatasetPublic:
+    facts = _validated(located)
+    row = repo.create_dataset(
+        session,
+        name=name,
+        source=source,
+        annotations_path=str(located.annotations),
+        images_path=str(located.images),
+        **facts,  # type: ignore[arg-type]
+    )
+    session.commit()
+    return DatasetPublic.model_validate(row)
+
+
+@router.get("", response_model=DatasetsPublic, responses=_ERRORS)
+def list_datasets(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DatasetsPublic:
+    rows, count = repo.list_datasets(session, limit=limit, offset=offset)
+    return DatasetsPublic(data=[DatasetPublic.model_validate(r) for r in rows], count=count)
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=_ERRORS)
+def get_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
+    return DatasetPublic.model_validate(repo.get_dataset(session, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
+def delete_dataset(dataset_id: str, session: SessionDep, storage: StorageDep) -> None:
+    """Refused (409) while a queued or running job uses it; an upload's files go too."""
+    row = repo.delete_dataset(session, dataset_id)
+    session.commit()
+    if row.source == "upload":
+        folder = Path(row.annotations_path)
+        datasets_root = storage.root / "datasets"
+        while folder.parent.resolve() != datasets_root.resolve() and folder != folder.parent:
+            folder = folder.parent
+        if folder.parent.resolve() == datasets_root.resolve():
+            shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,57 @@
+"""``Annotated`` dependencies: settings, storage, a database session, the API key check."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.settings import Settings, hash_key
+from service.storage import Storage
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_storage(settings: SettingsDep) -> Storage:
+    return Storage(settings.data_dir)
+
+
+StorageDep = Annotated[Storage, Depends(get_storage)]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    factory: sessionmaker[Session] = request.app.state.sessions
+    with factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def require_api_key(
+    settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]
+) -> None:
+    """401 unless the ``X-API-Key`` header hashes to a configured key (or auth is off)."""
+    if settings.auth_disabled:
+        return
+    if key is not None:
+        digest = hash_key(key)
+        if any(hmac.compare_digest(digest, allowed) for allowed in settings.api_key_hashes):
+            return
+    raise HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail="a valid X-API-Key header is required",
+        headers={"WWW-Authenticate": "ApiKey"},
+    )

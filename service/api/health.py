@@ -1,0 +1,44 @@
+"""``/health``: liveness (the process answers) and readiness (database and a worker alive)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from service.api.deps import SessionDep, SettingsDep
+from service.store import repo
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live")
+def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+def ready(session: SessionDep, settings: SettingsDep) -> JSONResponse:
+    """200 when the database answers and some worker was seen recently; else 503 with why."""
+    try:
+        session.execute(text("SELECT 1"))
+        seen = repo.last_worker_seen(session)
+    except Exception as exc:  # any database failure means not ready
+        return JSONResponse(
+            {"status": "unavailable", "database": f"error: {type(exc).__name__}"}, status_code=503
+        )
+    age = None if seen is None else (datetime.now(UTC) - _aware(seen)).total_seconds()
+    worker_ok = age is not None and age <= settings.worker_stale_s
+    body = {
+        "status": "ok" if worker_ok else "unavailable",
+        "database": "ok",
+        "worker_last_seen_s": age,
+    }
+    return JSONResponse(body, status_code=200 if worker_ok else 503)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite drops time zones; every timestamp we store is UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

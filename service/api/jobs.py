@@ -1,0 +1,211 @@
+"""``/v1/jobs``: create training jobs, follow them live, cancel them, read their metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import PlainTextResponse
+from sqlalchemy.orm import Session, sessionmaker
+from sse_starlette import EventSourceResponse
+
+from detector import load_recipe
+from service.api.deps import SessionDep, SettingsDep, StorageDep
+from service.errors import ApiError
+from service.schemas import (
+    EpochMetrics,
+    ErrorBody,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    JobStatus,
+    MetricsPublic,
+)
+from service.store import repo
+from service.store.tables import Job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_public(job: Job) -> JobPublic:
+    return JobPublic.model_validate(
+        {
+            **{k: getattr(job, k) for k in JobPublic.model_fields if k != "progress"},
+            "progress": _progress(job.progress),
+        }
+    )
+
+
+def _progress(step: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not step:
+        return None
+    keys = ("epoch", "iteration", "max_iters", "losses", "lr", "images_per_s", "eta_s")
+    return {k: step.get(k) for k in keys}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    responses={**_ERRORS, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+def create_job(
+    body: JobCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> JobPublic:
+    """Queue a training job; a retry with the same ``Idempotency-Key`` gets the same job (200)."""
+    recipe_file = settings.recipes_dir / f"{body.recipe}.yaml"
+    if not recipe_file.is_file():
+        names = sorted(p.stem for p in settings.recipes_dir.glob("*.yaml"))
+        raise ApiError(
+            422, "unknown_recipe", f"no recipe {body.recipe!r}; available: {', '.join(names)}"
+        )
+    cfg = load_recipe(recipe_file, body.overrides, update=body.recipe_overrides)
+    _check_datasets(session, body, cfg.loss.alpha)
+    job, created = repo.create_job(
+        session,
+        recipe=cfg.model_dump(mode="json"),
+        train_dataset_id=body.train_dataset_id,
+        val_dataset_id=body.val_dataset_id,
+        test_dataset_id=body.test_dataset_id,
+        holdout_fraction=None if body.val_dataset_id else body.holdout_fraction,
+        priority=body.priority,
+        max_attempts=settings.max_attempts,
+        idempotency_key=idempotency_key,
+        request_hash=hashlib.sha256(body.model_dump_json().encode()).hexdigest(),
+        now=now(),
+    )
+    session.commit()
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return to_public(job)
+
+
+def _check_datasets(session: Session, body: JobCreate, alpha: object) -> None:
+    """Refuse now what would fail in the worker: mismatched classes, a wrong alpha length."""
+    train = repo.get_dataset(session, body.train_dataset_id)
+    for role, other_id in (("val", body.val_dataset_id), ("test", body.test_dataset_id)):
+        if (
+            other_id is not None
+            and repo.get_dataset(session, other_id).categories != train.categories
+        ):
+            raise ApiError(
+                422,
+                "category_mismatch",
+                f"the {role} dataset's categories differ from the training set's",
+            )
+    if isinstance(alpha, tuple) and len(alpha) != len(train.categories):
+        raise ApiError(
+            422,
+            "invalid_recipe",
+            f"loss.alpha has {len(alpha)} values but the dataset has "
+            f"{len(train.categories)} classes",
+        )
+
+
+@router.get("", response_model=JobsPublic, responses=_ERRORS)
+def list_jobs(
+    session: SessionDep,
+    status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobsPublic:
+    rows, count = repo.list_jobs(session, status=status_filter, limit=limit, offset=offset)
+    return JobsPublic(data=[to_public(r) for r in rows], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
+def get_job(job_id: str, session: SessionDep) -> JobPublic:
+    return to_public(repo.get_job(session, job_id))
+
+
+@router.post(
+    "/{job_id}/cancel", response_model=JobPublic, responses={**_ERRORS, 409: {"model": ErrorBody}}
+)
+def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
+    """Queued jobs stop at once; running ones checkpoint and stop; finished ones: 409."""
+    job = repo.request_cancel(session, job_id, now=now())
+    session.commit()
+    return to_public(job)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=_ERRORS)
+def get_metrics(job_id: str, session: SessionDep) -> MetricsPublic:
+    """All 12 COCO numbers and per-class AP/AP50/AR100: the latest, per epoch, and on test."""
+    job = repo.get_job(session, job_id)
+    # A resumed attempt may repeat an epoch its predecessor recorded: the later record wins.
+    by_epoch = {e.payload["epoch"]: e.payload for e in repo.epoch_events(session, job_id)}
+    history = [EpochMetrics.model_validate(_epoch_fields(by_epoch[k])) for k in sorted(by_epoch)]
+    latest = next((h.metrics for h in reversed(history) if h.metrics is not None), None)
+    test = None
+    for event in repo.events_after(session, job_id, after_id=0, limit=1_000_000):
+        if event.kind == "end" and event.payload.get("test_metrics") is not None:
+            test = event.payload["test_metrics"]
+    return MetricsPublic.model_validate(
+        {"job_id": job.id, "status": job.status, "latest": latest, "test": test, "history": history}
+    )
+
+
+def _epoch_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    return {k: payload.get(k) for k in EpochMetrics.model_fields}
+
+
+@router.get("/{job_id}/events", responses=_ERRORS, response_class=EventSourceResponse)
+async def stream_events(
+    job_id: str,
+    request: Request,
+    last_event_id: Annotated[int, Header(alias="Last-Event-ID")] = 0,
+) -> EventSourceResponse:
+    """Server-sent events: the stored ones after ``Last-Event-ID``, then live, until the end."""
+    # No request-scoped session: it would stay open (and on SQLite, locked) for the stream.
+    sessions: sessionmaker[Session] = request.app.state.read_sessions
+    with sessions() as session:
+        repo.get_job(session, job_id)  # 404 before the stream starts
+    return EventSourceResponse(_events(sessions, job_id, after=last_event_id))
+
+
+async def _events(
+    sessions: sessionmaker[Session], job_id: str, *, after: int
+) -> AsyncIterator[dict[str, Any]]:
+    last = after
+    while True:
+        with sessions() as session:
+            batch = repo.events_after(session, job_id, after_id=last, limit=500)
+            finished = repo.get_job(session, job_id).status in FINISHED
+        for event in batch:
+            last = event.id
+            yield {"id": str(event.id), "event": event.kind, "data": json.dumps(event.payload)}
+        if finished and not batch:
+            return
+        if not batch:
+            await asyncio.sleep(0.5)
+
+
+@router.get("/{job_id}/logs", response_class=PlainTextResponse, responses=_ERRORS)
+def get_logs(
+    job_id: str,
+    session: SessionDep,
+    storage: StorageDep,
+    tail: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+) -> str:
+    """The last ``tail`` lines of the training log."""
+    repo.get_job(session, job_id)
+    path = storage.log_file(job_id)
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-tail:]) + "\n"

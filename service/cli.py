@@ -1,0 +1,89 @@
+"""The ``retinanet`` command with the service's subcommands: serve, worker, hash-key."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Sequence
+
+from detector import cli as detector_cli
+from service.settings import Settings, hash_key
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve", help="the HTTP API with one embedded worker (settings: RETINANET_* env)"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers", type=int, default=1, help="training workers started beside the API (0: none)"
+    )
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("worker", help="claim and run training jobs (settings: RETINANET_* env)")
+    p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("hash-key", help="print the digest to put in RETINANET_API_KEY_HASHES")
+    p.add_argument("key")
+    p.set_defaults(handler=cmd_hash_key)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = Settings()
+    _logging()
+    ctx = multiprocessing.get_context("spawn")
+    workers = [
+        ctx.Process(target=_worker_main, args=(settings,), name=f"worker-{i}")
+        for i in range(args.workers)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    finally:
+        for w in workers:
+            w.terminate()  # SIGTERM: a running job checkpoints and is released
+        for w in workers:
+            w.join(timeout=120)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _logging()
+    _worker_main(Settings())
+    return 0
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    print(hash_key(args.key))
+    return 0
+
+
+def _worker_main(settings: Settings) -> None:
+    from service.worker.loop import Worker
+
+    _logging()
+    Worker(settings=settings).run()
+
+
+def _logging() -> None:
+    level = os.environ.get("RETINANET_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return detector_cli.main(argv, extra=add_commands)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

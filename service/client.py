@@ -1,0 +1,153 @@
+"""A small Python client for the service: datasets, jobs, live events, metrics."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class ApiClientError(Exception):
+    """A non-2xx answer, with the service's error code and details."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+class Client:
+    """``Client("http://127.0.0.1:8000", api_key="...")``; use as a context manager."""
+
+    def __init__(
+        self, base_url: str, *, api_key: str | None = None, timeout_s: float = 120.0
+    ) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._http.close()
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, url, **kwargs)
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                error = {"code": "http_error", "message": response.text}
+            raise ApiClientError(
+                response.status_code,
+                error.get("code", ""),
+                error.get("message", ""),
+                error.get("details"),
+            )
+        if response.status_code == 204:
+            return None
+        return (
+            response.json() if "json" in response.headers.get("content-type", "") else response.text
+        )
+
+    # -- datasets ---------------------------------------------------------------------------
+
+    def upload_dataset(
+        self, annotations: Path, images: Path, *, name: str | None = None
+    ) -> dict[str, Any]:
+        """Zip a COCO JSON with the images it names (and only those) and upload it."""
+        data = json.loads(Path(annotations).read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "dataset.zip"
+            with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+                zf.writestr("annotations.json", json.dumps(data))
+                for image in data.get("images", []):
+                    source = Path(images) / image["file_name"]
+                    if source.is_file():  # a missing one is for the server's report to name
+                        zf.write(source, f"images/{image['file_name']}")
+            with archive.open("rb") as f:
+                files = {"file": ("dataset.zip", f, "application/zip")}
+                return dict(
+                    self._call(
+                        "POST",
+                        "/v1/datasets",
+                        files=files,
+                        data={"name": name or Path(annotations).stem},
+                    )
+                )
+
+    def register_dataset(self, *, name: str, annotations: str, images: str) -> dict[str, Any]:
+        body = {"name": name, "annotations": annotations, "images": images}
+        return dict(self._call("POST", "/v1/datasets", json=body))
+
+    def dataset(self, dataset_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/datasets/{dataset_id}"))
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._call("DELETE", f"/v1/datasets/{dataset_id}")
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def create_job(self, *, idempotency_key: str | None = None, **body: Any) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return dict(self._call("POST", "/v1/jobs", json=body, headers=headers))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/jobs/{job_id}"))
+
+    def jobs(
+        self, *, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset} | (
+            {"status": status} if status else {}
+        )
+        return dict(self._call("GET", "/v1/jobs", params=params))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def metrics(self, job_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/jobs/{job_id}/metrics"))
+
+    def logs(self, job_id: str, *, tail: int = 200) -> str:
+        return str(self._call("GET", f"/v1/jobs/{job_id}/logs", params={"tail": tail}))
+
+    def wait(
+        self, job_id: str, *, timeout_s: float = 3600.0, poll_s: float = 1.0
+    ) -> dict[str, Any]:
+        """Poll until the job is finished; returns it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id)
+            if job["status"] in FINISHED:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s} s")
+            time.sleep(poll_s)
+
+    def events(self, job_id: str, *, last_event_id: int = 0) -> Iterator[dict[str, Any]]:
+        """Server-sent events of a job, live, until it finishes: ``{"id", "event", "data"}``."""
+        headers = {"Last-Event-ID": str(last_event_id), "Accept": "text/event-stream"}
+        with self._http.stream(
+            "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=None
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._call("GET", f"/v1/jobs/{job_id}")  # raises with the service's error
+            event: dict[str, Any] = {}
+            for line in response.iter_lines():
+                if not line:
+                    if "data" in event:
+                        event["data"] = json.loads(event["data"])
+                        yield event
+                    event = {}
+                elif not line.startswith(":"):
+                    field, _, value = line.partition(":")
+                    event[field] = value.removeprefix(" ")

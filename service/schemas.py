@@ -1,0 +1,128 @@
+"""Request and response bodies of the HTTP API (one family of schemas per resource)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ErrorDetail(_Body):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(_Body):
+    """Every error response: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorDetail
+
+
+class DatasetRegister(_Body):
+    """Register a COCO dataset already on the server, under the configured dataset root."""
+
+    name: str = Field(min_length=1, max_length=200)
+    annotations: str = Field(
+        description="COCO JSON, relative to the dataset root or absolute inside it"
+    )
+    images: str = Field(
+        description="image folder, relative to the dataset root or absolute inside it"
+    )
+
+
+class DatasetPublic(_Body):
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
+    id: str
+    name: str
+    source: Literal["upload", "folder"]
+    num_images: int
+    num_boxes: int
+    class_counts: dict[str, int]
+    categories: list[dict[str, Any]]
+    created_at: datetime
+    report: dict[str, Any] = Field(description="the validator's report (warnings and info)")
+
+
+class DatasetsPublic(_Body):
+    data: list[DatasetPublic]
+    count: int
+
+
+class JobCreate(_Body):
+    train_dataset_id: str
+    val_dataset_id: str | None = None
+    test_dataset_id: str | None = None
+    holdout_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="validation share of the training set when no val set is given",
+    )
+    recipe: str = Field(
+        default="shapes_tiny", pattern=r"^[A-Za-z0-9_\-]+$", description="a recipe name"
+    )
+    recipe_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="recipe sections merged over the named recipe"
+    )
+    overrides: list[str] = Field(
+        default_factory=list, description='dotted overrides: ["loss.gamma=1.5"]'
+    )
+    priority: int = 0
+
+
+class Progress(_Body):
+    epoch: int | None = None
+    iteration: int | None = None
+    max_iters: int | None = None
+    losses: dict[str, float] | None = None
+    lr: float | None = None
+    images_per_s: float | None = None
+    eta_s: float | None = None
+
+
+class JobPublic(_Body):
+    id: str
+    status: JobStatus
+    priority: int
+    attempt: int
+    max_attempts: int
+    cancel_requested: bool
+    train_dataset_id: str | None = Field(description="None once the dataset was deleted")
+    val_dataset_id: str | None
+    test_dataset_id: str | None
+    progress: Progress | None
+    error: str | None
+    recipe: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobsPublic(_Body):
+    data: list[JobPublic]
+    count: int
+
+
+class EpochMetrics(_Body):
+    epoch: int
+    iteration: int
+    train_losses: dict[str, float]
+    val_losses: dict[str, float] | None
+    metrics: dict[str, Any] | None = Field(description="COCO metrics as the detector returns them")
+
+
+class MetricsPublic(_Body):
+    job_id: str
+    status: JobStatus
+    latest: dict[str, Any] | None = Field(description="the last validation COCO metrics")
+    test: dict[str, Any] | None = Field(description="test-set COCO metrics of the best checkpoint")
+    history: list[EpochMetrics]

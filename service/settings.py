@@ -1,0 +1,62 @@
+"""Service settings from ``RETINANET_*`` environment variables, validated once."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_PACKAGED_RECIPES = Path(__file__).resolve().parents[1] / "configs"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each field is the env var ``RETINANET_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="RETINANET_", frozen=True, extra="forbid")
+
+    data_dir: Path = Path("retinanet-data")
+    """Datasets, job artifacts and (by default) the SQLite database live here."""
+    database_url: str | None = None
+    """SQLAlchemy URL; default ``sqlite:///<data_dir>/retinanet.db``. PostgreSQL:
+    ``postgresql+psycopg://user:pass@host/db``."""
+    api_key_hashes: Annotated[tuple[str, ...], NoDecode] = ()
+    """SHA-256 hex digests of the accepted API keys, comma-separated (``retinanet hash-key``)."""
+    auth_disabled: bool = False
+    """Accept requests without a key. Only for local use on a trusted machine."""
+    max_upload_mb: Annotated[int, Field(gt=0)] = 2048
+    max_upload_files: Annotated[int, Field(gt=0)] = 200_000
+    dataset_root: Path | None = None
+    """Server-side folders under this root may be registered as datasets (None: none)."""
+    recipes_dir: Path = _PACKAGED_RECIPES
+    lease_s: Annotated[float, Field(gt=0)] = 60.0
+    heartbeat_s: Annotated[float, Field(gt=0)] = 10.0
+    poll_s: Annotated[float, Field(gt=0)] = 1.0
+    max_attempts: Annotated[int, Field(gt=0)] = 3
+    worker_stale_s: Annotated[float, Field(gt=0)] = 120.0
+    """/health/ready fails when no worker was seen for this long."""
+
+    @field_validator("api_key_hashes", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(v.strip().lower() for v in value.split(",") if v.strip())
+        return value
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'retinanet.db').resolve()}"
+
+
+def hash_key(key: str) -> str:
+    """The digest stored in settings for an API key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Read once per process; tests build ``Settings`` directly and override the dependency."""
+    return Settings()

@@ -1,0 +1,120 @@
+"""Engines, sessions and migrations for the store (SQLite file or PostgreSQL by URL).
+
+Nothing here is global: callers build an engine with ``make_engine`` once per process, a
+sessionmaker with ``session_factory``, and own both.
+
+SQLite transactions: the pysqlite driver's own transaction handling is switched off and every
+transaction starts with an explicit ``BEGIN <mode>``. Write sessions (the default) use
+``BEGIN IMMEDIATE``: the write lock is taken up front (waiting up to the busy timeout), so two
+writers serialize instead of failing with "database is locked" when a read-then-write
+transaction finds its snapshot stale. ``read_only=True`` sessions use ``BEGIN DEFERRED`` so that
+long or frequent readers (listings, event streams) never wait for or block writers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
+BUSY_TIMEOUT_S: Final = 30.0
+# Execution option read by the SQLite "begin" listener: DEFERRED, IMMEDIATE or EXCLUSIVE.
+SQLITE_BEGIN: Final = "sqlite_begin"
+WRITE_TRANSACTION: Final[dict[str, Any]] = {SQLITE_BEGIN: "IMMEDIATE"}
+READ_TRANSACTION: Final[dict[str, Any]] = {SQLITE_BEGIN: "DEFERRED"}
+_BEGIN_MODES: Final = frozenset({"DEFERRED", "IMMEDIATE", "EXCLUSIVE"})
+# Any fixed 64-bit number; every migrator of one database must use the same one.
+_PG_MIGRATION_LOCK: Final = 0x7265_7469_6E61_6E65  # "retinane"
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An engine for ``url``: ``sqlite:///path.db`` or ``postgresql+psycopg://...``."""
+    sa_url = make_url(url)
+    if sa_url.get_backend_name() == "sqlite":
+        return _sqlite_engine(sa_url)
+    if sa_url.drivername == "postgresql":
+        # A bare postgresql:// would pick psycopg2, which the project does not install.
+        sa_url = sa_url.set(drivername="postgresql+psycopg")
+    # pre_ping: a worker idles between jobs and the server may have dropped its connections.
+    return create_engine(sa_url, pool_pre_ping=True)
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    """A SQLite engine with WAL, a busy timeout, foreign keys and explicit BEGIN modes."""
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+    event.listen(engine, "connect", _on_sqlite_connect)
+    event.listen(engine, "begin", _on_sqlite_begin)
+    return engine
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    """Configure each new SQLite connection.
+
+    ``isolation_level = None`` stops pysqlite from emitting its own (deferred, DML-only) BEGIN;
+    ``_on_sqlite_begin`` emits ours, as SQLAlchemy's SQLite docs describe.
+    """
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first: switching to WAL needs a lock that another process may hold.
+        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        # WAL: readers never block the writer, so the API stays responsive while workers write.
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _on_sqlite_begin(conn: Connection) -> None:
+    """Emit ``BEGIN <mode>``, the mode taken from the ``sqlite_begin`` execution option."""
+    mode = str(conn.get_execution_options().get(SQLITE_BEGIN, "IMMEDIATE")).upper()
+    if mode not in _BEGIN_MODES:
+        raise ValueError(f"{SQLITE_BEGIN}={mode!r}; expected one of {sorted(_BEGIN_MODES)}")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """A sessionmaker for ``engine``; the caller owns transactions (``with factory.begin()``).
+
+    Objects stay readable after commit (``expire_on_commit=False``) so that API handlers can
+    serialise what a repository function returned. ``read_only`` only changes how SQLite begins
+    (DEFERRED instead of IMMEDIATE); use it for sessions that never write.
+    """
+    options = READ_TRANSACTION if read_only else WRITE_TRANSACTION
+    return sessionmaker(bind=engine.execution_options(**options), expire_on_commit=False)
+
+
+def alembic_config() -> Config:
+    """An Alembic config built in code (no alembic.ini needed) for the packaged migrations."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def migrate(url: str | URL) -> None:
+    """Upgrade the database at ``url`` to the newest schema (``alembic upgrade head``).
+
+    Safe to run from several processes at once: all of the upgrade happens in one transaction
+    that first takes a database-wide lock (``BEGIN IMMEDIATE`` on SQLite, a transaction-scoped
+    advisory lock on PostgreSQL), so later callers wait and then find nothing left to do.
+    """
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn, conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                )
+            config = alembic_config()
+            # env.py migrates this connection inside the transaction that holds the lock.
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()

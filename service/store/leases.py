@@ -1,0 +1,220 @@
+"""Leases: claiming jobs, heartbeats and the fenced writes of the worker that holds a job.
+
+Part of the repository (``service.store.repo`` re-exports everything public here); split out
+because it is the concurrency-critical half. A claim hands out a lease (``lease_expires_at``) and
+a fencing token; every later write of that worker names the token and is refused, changing
+nothing, once another claim has replaced it or the job is no longer running.
+
+Locking: every event of a job is inserted while its job row is locked (``FOR UPDATE`` or the
+fenced ``UPDATE``), so on PostgreSQL a job's event ids commit in increasing order and an event
+stream that reads ``id > last_id`` never skips one. On SQLite the ``BEGIN IMMEDIATE`` of write
+sessions serializes writers instead and row locks are no-ops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, get_args
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.store.db import WRITE_TRANSACTION
+from service.store.tables import FINAL_STATUSES, EventKind, FinalStatus, Job, JobEvent
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job handed to a worker: write with ``token`` while the lease lasts."""
+
+    job_id: str
+    token: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    """What a worker learns from a successful heartbeat."""
+
+    cancel_requested: bool
+    lease_expires_at: datetime
+
+
+def add_event(
+    session: Session, job_id: str, kind: str, payload: Mapping[str, Any], now: datetime
+) -> JobEvent:
+    """Append an event; callers hold the job row's lock (see the module docstring)."""
+    event = JobEvent(job_id=job_id, kind=kind, payload=dict(payload), created_at=now)
+    session.add(event)
+    return event
+
+
+# ---------------------------------------------------------------------------- claiming
+
+
+def claim_next_job(
+    factory: sessionmaker[Session], *, worker_id: str, lease_s: float, now: datetime
+) -> Claim | None:
+    """Claim the highest-priority, oldest queued job for ``worker_id``; None if none is queued.
+
+    One write transaction: expired leases are settled first (re-queued, or failed after
+    ``max_attempts``), then the job is marked running with a new lease and fencing token.
+    Concurrent claimers never get the same job: PostgreSQL skips rows another claimer has
+    locked, SQLite's ``BEGIN IMMEDIATE`` runs claimers one at a time.
+    """
+    with factory() as session, session.begin():
+        # Forced even if the factory is read-only: claiming must hold the SQLite write lock.
+        session.connection(execution_options=WRITE_TRANSACTION)
+        _settle_expired_leases(session, now=now)
+        job = session.scalars(
+            select(Job)
+            .where(Job.status == "queued")
+            .order_by(Job.priority.desc(), Job.created_at, Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if job is None:
+            return None
+        job.status = "running"
+        job.attempt += 1
+        job.fencing_token += 1
+        job.lease_owner = worker_id
+        job.lease_expires_at = now + timedelta(seconds=lease_s)
+        job.heartbeat_at = now
+        # cancel_requested is kept: a cancel asked before a release must still stop the job.
+        job.started_at = job.started_at or now
+        payload = {"status": "running", "worker_id": worker_id, "attempt": job.attempt}
+        add_event(session, job.id, "status", payload | {"token": job.fencing_token}, now)
+        return Claim(job_id=job.id, token=job.fencing_token, attempt=job.attempt)
+
+
+def _settle_expired_leases(session: Session, *, now: datetime) -> None:
+    """Re-queue running jobs whose lease ran out, or finish them when they may not retry."""
+    expired = session.scalars(
+        select(Job)
+        .where(Job.status == "running", Job.lease_expires_at < now)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for job in expired:
+        owner = job.lease_owner
+        _clear_lease(job)
+        if job.cancel_requested:
+            # The user asked to stop and the worker vanished: running it again helps no one.
+            job.status, job.finished_at = "cancelled", now
+            payload: dict[str, Any] = {"status": "cancelled", "reason": "lease expired"}
+        elif job.attempt < job.max_attempts:
+            job.status = "queued"
+            payload = {"status": "queued", "reason": "lease expired, re-queued"}
+        else:
+            job.status, job.finished_at = "failed", now
+            job.error = f"lease expired after {job.attempt} attempts"
+            payload = {"status": "failed", "error": job.error}
+        payload |= {"previous_owner": owner, "attempt": job.attempt}
+        add_event(session, job.id, "status", payload, now)
+
+
+def _clear_lease(job: Job) -> None:
+    """Forget who held the job and until when."""
+    job.lease_owner = None
+    job.lease_expires_at = None
+
+
+# ---------------------------------------------------------------------------- fenced writes
+
+
+def _fenced_update(
+    session: Session, *, job_id: str, token: int, values: Mapping[str, Any]
+) -> bool | None:
+    """Apply ``values`` to the job only if it is running under ``token``.
+
+    Returns the job's ``cancel_requested`` when the update happened, None when fenced out.
+    A single conditional UPDATE checks and writes atomically and locks the row for the rest
+    of the transaction, so a re-claim cannot slip in between the check and the write.
+    """
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.fencing_token == token, Job.status == "running")
+        .values(dict(values))
+        .returning(Job.cancel_requested)
+        .execution_options(synchronize_session="fetch")
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def heartbeat(
+    session: Session, *, job_id: str, token: int, lease_s: float, now: datetime
+) -> HeartbeatResult | None:
+    """Extend the lease to ``now + lease_s``; None if the worker no longer holds the job."""
+    expires = now + timedelta(seconds=lease_s)
+    cancel = _fenced_update(
+        session,
+        job_id=job_id,
+        token=token,
+        values={"lease_expires_at": expires, "heartbeat_at": now},
+    )
+    if cancel is None:
+        return None
+    return HeartbeatResult(cancel_requested=cancel, lease_expires_at=expires)
+
+
+def record_event(
+    session: Session,
+    *,
+    job_id: str,
+    token: int,
+    kind: str,
+    payload: Mapping[str, Any],
+    now: datetime,
+) -> bool:
+    """Append an event of the running job; a "step" event also becomes ``job.progress``."""
+    if kind not in get_args(EventKind):
+        raise ValueError(f"event kind {kind!r}; expected one of {get_args(EventKind)}")
+    # Non-step events change nothing on the job, but the no-op UPDATE still checks the fence
+    # and takes the row lock.
+    values: dict[str, Any] = (
+        {"progress": dict(payload)} if kind == "step" else {"fencing_token": Job.fencing_token}
+    )
+    if _fenced_update(session, job_id=job_id, token=token, values=values) is None:
+        return False
+    add_event(session, job_id, kind, payload, now)
+    session.flush()
+    return True
+
+
+def finish_job(
+    session: Session,
+    *,
+    job_id: str,
+    token: int,
+    status: FinalStatus,
+    error: str | None = None,
+    now: datetime,
+) -> bool:
+    """Mark the running job succeeded, failed or cancelled and give up its lease."""
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"final status {status!r}; expected one of {FINAL_STATUSES}")
+    values = {
+        "status": status,
+        "error": error,
+        "finished_at": now,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    if _fenced_update(session, job_id=job_id, token=token, values=values) is None:
+        return False
+    add_event(session, job_id, "status", {"status": status, "error": error}, now)
+    session.flush()
+    return True
+
+
+def release_job(session: Session, *, job_id: str, token: int, now: datetime) -> bool:
+    """Put the running job back in the queue (graceful worker stop); ``attempt`` is kept."""
+    values = {"status": "queued", "lease_owner": None, "lease_expires_at": None}
+    if _fenced_update(session, job_id=job_id, token=token, values=values) is None:
+        return False
+    payload = {"status": "queued", "reason": "released by worker"}
+    add_event(session, job_id, "status", payload, now)
+    session.flush()
+    return True

@@ -1,0 +1,357 @@
+"""Repository functions: the only code that queries the store's tables.
+
+Transactions belong to the caller: functions that take a ``Session`` flush but never commit
+(``with factory.begin() as session: create_job(session, ...)``). ``claim_next_job`` takes a
+sessionmaker because it must run in a write transaction of its own. Time is always passed in
+(``now``, timezone-aware UTC) so that tests control it. Claiming, heartbeats and the fenced
+writes are defined in ``leases`` (which also explains the locking) and re-exported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, get_args
+
+from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.store.leases import (
+    Claim,
+    HeartbeatResult,
+    add_event,
+    claim_next_job,
+    finish_job,
+    heartbeat,
+    record_event,
+    release_job,
+)
+from service.store.tables import (
+    ACTIVE_STATUSES,
+    Dataset,
+    DatasetSource,
+    Job,
+    JobEvent,
+    JobStatus,
+    Worker,
+    new_id,
+)
+
+# The lease half lives in leases.py; callers use one module, ``repo``.
+__all__ = [
+    "Claim",
+    "Conflict",
+    "HeartbeatResult",
+    "IdempotencyConflict",
+    "NotFound",
+    "StoreError",
+    "claim_next_job",
+    "create_dataset",
+    "create_job",
+    "delete_dataset",
+    "epoch_events",
+    "events_after",
+    "finish_job",
+    "get_dataset",
+    "get_job",
+    "heartbeat",
+    "last_worker_seen",
+    "list_datasets",
+    "list_jobs",
+    "record_event",
+    "release_job",
+    "request_cancel",
+    "worker_seen",
+]
+
+
+class StoreError(Exception):
+    """Base of the errors raised by this module."""
+
+
+# The API maps these names to HTTP statuses; an "Error" suffix would only add noise there.
+class NotFound(StoreError):  # noqa: N818
+    """A referenced row does not exist; ``what`` names it ("job", "val dataset", ...)."""
+
+    def __init__(self, what: str, ident: str) -> None:
+        super().__init__(f"{what} {ident!r} not found")
+        self.what = what
+        self.ident = ident
+
+
+class Conflict(StoreError):  # noqa: N818
+    """The request contradicts the current state (e.g. cancelling a finished job)."""
+
+
+class IdempotencyConflict(Conflict):
+    """An idempotency key was reused for a different request."""
+
+
+# ---------------------------------------------------------------------------- datasets
+
+
+def create_dataset(
+    session: Session,
+    *,
+    name: str,
+    source: str,
+    annotations_path: str,
+    images_path: str,
+    num_images: int,
+    num_boxes: int,
+    class_counts: Mapping[str, int],
+    categories: Sequence[Mapping[str, Any]],
+    report: Mapping[str, Any],
+    now: datetime | None = None,
+    dataset_id: str | None = None,
+) -> Dataset:
+    """Add a dataset row; ``dataset_id`` lets the caller name the folder before the row exists."""
+    if source not in get_args(DatasetSource):
+        raise ValueError(f"source {source!r}; expected one of {get_args(DatasetSource)}")
+    dataset = Dataset(
+        id=dataset_id or new_id(),
+        name=name,
+        source=source,
+        annotations_path=annotations_path,
+        images_path=images_path,
+        num_images=num_images,
+        num_boxes=num_boxes,
+        class_counts=dict(class_counts),
+        categories=[dict(c) for c in categories],
+        report=dict(report),
+        created_at=now or datetime.now(UTC),
+    )
+    session.add(dataset)
+    session.flush()
+    return dataset
+
+
+def get_dataset(session: Session, dataset_id: str) -> Dataset:
+    """The dataset with this id, else ``NotFound``."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound("dataset", dataset_id)
+    return dataset
+
+
+def list_datasets(session: Session, *, limit: int, offset: int) -> tuple[list[Dataset], int]:
+    """One page of datasets, newest first, and the total count."""
+    page = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc())
+    rows = session.scalars(page.limit(limit).offset(offset)).all()
+    total = session.scalar(select(func.count()).select_from(Dataset)) or 0
+    return list(rows), total
+
+
+def delete_dataset(session: Session, dataset_id: str) -> Dataset:
+    """Delete a dataset row and return it (the caller removes its files).
+
+    Refused with ``Conflict`` while a queued or running job uses it; finished jobs keep their
+    history with the reference set to NULL by the foreign key.
+    """
+    # Locking the dataset first makes a concurrent create_job (which share-locks it) wait.
+    dataset = session.scalars(
+        select(Dataset).where(Dataset.id == dataset_id).with_for_update()
+    ).one_or_none()
+    if dataset is None:
+        raise NotFound("dataset", dataset_id)
+    users = session.scalars(
+        select(Job.id).where(Job.status.in_(ACTIVE_STATUSES), _uses_dataset(dataset_id))
+    ).all()
+    if users:
+        raise Conflict(f"dataset {dataset_id!r} is used by active jobs: {', '.join(users)}")
+    session.delete(dataset)
+    session.flush()
+    return dataset
+
+
+def _uses_dataset(dataset_id: str) -> ColumnElement[bool]:
+    """A job uses the dataset as its train, val or test set."""
+    return or_(
+        Job.train_dataset_id == dataset_id,
+        Job.val_dataset_id == dataset_id,
+        Job.test_dataset_id == dataset_id,
+    )
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+def create_job(
+    session: Session,
+    *,
+    recipe: Mapping[str, Any],
+    train_dataset_id: str,
+    val_dataset_id: str | None = None,
+    test_dataset_id: str | None = None,
+    holdout_fraction: float | None = None,
+    priority: int = 0,
+    max_attempts: int,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    now: datetime,
+) -> tuple[Job, bool]:
+    """Queue a job; returns ``(job, created)``.
+
+    With an ``idempotency_key`` already used, returns the existing job with ``created=False``
+    when ``request_hash`` matches, else raises ``IdempotencyConflict``. Referenced datasets must
+    exist (``NotFound`` names which one).
+    """
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    if idempotency_key is not None:
+        existing = _job_by_key(session, idempotency_key)
+        if existing is not None:
+            return _replay(existing, request_hash), False
+    _require_datasets(
+        session, {"train": train_dataset_id, "val": val_dataset_id, "test": test_dataset_id}
+    )
+    job = Job(
+        id=new_id(),
+        status="queued",
+        priority=priority,
+        recipe=dict(recipe),
+        train_dataset_id=train_dataset_id,
+        val_dataset_id=val_dataset_id,
+        test_dataset_id=test_dataset_id,
+        holdout_fraction=holdout_fraction,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        max_attempts=max_attempts,
+        created_at=now,
+    )
+    try:
+        # A savepoint, so that losing a race on the unique key leaves the caller's transaction
+        # usable and the winner's job can be returned.
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        existing = _job_by_key(session, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return _replay(existing, request_hash), False
+    return job, True
+
+
+def _job_by_key(session: Session, idempotency_key: str) -> Job | None:
+    """The job created with this idempotency key, if any."""
+    return session.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).one_or_none()
+
+
+def _replay(existing: Job, request_hash: str | None) -> Job:
+    """The earlier job for a reused key, or ``IdempotencyConflict`` if the request differs."""
+    if existing.request_hash != request_hash:
+        raise IdempotencyConflict(
+            f"idempotency key {existing.idempotency_key!r} was used for a different request "
+            f"(job {existing.id})"
+        )
+    return existing
+
+
+def _require_datasets(session: Session, ids_by_role: Mapping[str, str | None]) -> None:
+    """Raise ``NotFound("<role> dataset", id)`` for the first referenced dataset missing."""
+    wanted = {i for i in ids_by_role.values() if i is not None}
+    # FOR SHARE: a concurrent delete_dataset waits for this transaction, or this one sees it gone.
+    found = set(
+        session.scalars(
+            select(Dataset.id).where(Dataset.id.in_(wanted)).with_for_update(read=True)
+        ).all()
+    )
+    for role, dataset_id in ids_by_role.items():
+        if dataset_id is not None and dataset_id not in found:
+            raise NotFound(f"{role} dataset", dataset_id)
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    """The job with this id, else ``NotFound``."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound("job", job_id)
+    return job
+
+
+def list_jobs(
+    session: Session, *, status: JobStatus | None = None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    """One page of jobs, newest first, optionally of one status, and the total count."""
+    page = select(Job)
+    count = select(func.count()).select_from(Job)
+    if status is not None:
+        page = page.where(Job.status == status)
+        count = count.where(Job.status == status)
+    page = page.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
+    return list(session.scalars(page).all()), session.scalar(count) or 0
+
+
+def request_cancel(session: Session, job_id: str, *, now: datetime) -> Job:
+    """Cancel a queued job at once, or ask the worker of a running job to stop.
+
+    Raises ``Conflict`` for a finished job. Asking twice is harmless.
+    """
+    job = _locked_job(session, job_id)
+    if job.status == "queued":
+        job.status = "cancelled"
+        job.finished_at = now
+        add_event(session, job.id, "status", {"status": "cancelled", "reason": "cancelled"}, now)
+    elif job.status == "running":
+        job.cancel_requested = True
+    else:
+        raise Conflict(f"job {job_id!r} already finished ({job.status})")
+    session.flush()
+    return job
+
+
+def _locked_job(session: Session, job_id: str) -> Job:
+    """The job row, locked until the transaction ends and refreshed from the database."""
+    job = session.scalars(
+        select(Job)
+        .where(Job.id == job_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if job is None:
+        raise NotFound("job", job_id)
+    return job
+
+
+# ---------------------------------------------------------------------------- reads
+
+
+def events_after(session: Session, job_id: str, *, after_id: int, limit: int) -> list[JobEvent]:
+    """The job's events with ``id > after_id``, oldest first, at most ``limit``."""
+    rows = session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+        .order_by(JobEvent.id)
+        .limit(limit)
+    )
+    return list(rows.all())
+
+
+def epoch_events(session: Session, job_id: str) -> list[JobEvent]:
+    """All "epoch" events of the job (per-epoch losses and metrics), oldest first."""
+    rows = session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.kind == "epoch")
+        .order_by(JobEvent.id)
+    )
+    return list(rows.all())
+
+
+# ---------------------------------------------------------------------------- workers
+
+
+def worker_seen(session: Session, *, worker_id: str, host: str, pid: int, now: datetime) -> None:
+    """Record that the worker is alive (insert or update its row)."""
+    # Read-then-write is race-free here: a worker id belongs to exactly one process.
+    worker = session.get(Worker, worker_id)
+    if worker is None:
+        session.add(Worker(id=worker_id, host=host, pid=pid, seen_at=now))
+    else:
+        worker.host, worker.pid, worker.seen_at = host, pid, now
+    session.flush()
+
+
+def last_worker_seen(session: Session) -> datetime | None:
+    """When any worker was last seen, or None if none ever was."""
+    return session.scalar(select(func.max(Worker.seen_at)))

@@ -1,0 +1,190 @@
+"""The training child process: one job attempt, from the job row to artifacts and events.
+
+It runs apart from the worker so that a crash or an out-of-memory kill takes only the child.
+It writes to the database only with its fencing token; once fenced out (its lease was taken
+over), it stops at once. Exit codes tell the worker what happened.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy.orm import Session, sessionmaker
+
+from detector import Callback, EpochEvent, Predictor, StepEvent, TrainConfig, fit, load_recipe
+from detector.engine.callbacks import ProgressBar, Trainer
+from service.settings import Settings
+from service.storage import Storage
+from service.store import repo
+from service.store.db import make_engine, session_factory
+from service.worker.holdout import split_holdout
+
+EXIT_OK = 0
+EXIT_FAILED = 2
+"""A deterministic failure (bad data, diverged loss, a bug): retrying would fail again."""
+EXIT_STOPPED = 3
+"""Stopped by SIGTERM after a checkpoint: cancelled, or the worker is shutting down."""
+EXIT_FENCED = 4
+"""The lease went to another worker: this attempt must not write anything more."""
+
+
+class LeaseLostError(Exception):
+    """A fenced write was refused."""
+
+
+class DbEvents(Callback):
+    """Training events into the job's event rows (steps at most once a second)."""
+
+    def __init__(
+        self, *, sessions: sessionmaker[Session], job_id: str, token: int, min_step_s: float = 1.0
+    ) -> None:
+        self.sessions, self.job_id, self.token = sessions, job_id, token
+        self.min_step_s = min_step_s
+        self._last_step = 0.0
+
+    def record(self, kind: str, payload: dict[str, Any]) -> None:
+        with self.sessions() as session:
+            ok = repo.record_event(
+                session,
+                job_id=self.job_id,
+                token=self.token,
+                kind=kind,
+                payload=payload,
+                now=datetime.now(UTC),
+            )
+            session.commit()
+        if not ok:
+            raise LeaseLostError(f"job {self.job_id}: lease lost (token {self.token})")
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.record(
+            "start",
+            {"iteration": trainer.state.iteration, "anchor_fit": asdict(trainer.anchor_fit)},
+        )
+
+    def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
+        now = time.monotonic()
+        if now - self._last_step >= self.min_step_s or event.iteration == event.max_iters:
+            self._last_step = now
+            self.record("step", asdict(event))
+
+    def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
+        payload = {k: v for k, v in asdict(event).items() if k != "metrics"}
+        payload["metrics"] = (
+            None if event.metrics is None else event.metrics.model_dump(mode="json")
+        )
+        self.record("epoch", payload)
+
+
+class StopOnSignal(Callback):
+    """SIGTERM asks the run to stop after the current step; fit then writes ``last.pt``."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+
+    def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
+        if self.requested.is_set():
+            trainer.state.should_stop = True
+            trainer.state.stop_reason = "stopped by SIGTERM"
+
+
+def run_child(settings: Settings, job_id: str, token: int) -> None:
+    """Entry point of the child process (multiprocessing, spawn)."""
+    _die_with_parent()
+    storage = Storage(settings.data_dir)
+    workdir = storage.job_dir(job_id)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "error.txt").unlink(missing_ok=True)  # from an earlier attempt
+    log = storage.log_file(job_id).open("a", buffering=1)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    sessions = session_factory(make_engine(settings.db_url))
+    events = DbEvents(sessions=sessions, job_id=job_id, token=token)
+    stopper = StopOnSignal()
+    code = EXIT_FAILED
+    try:
+        cfg, test = _job_recipe(sessions, job_id, workdir)
+        result = fit(
+            cfg, workdir, callbacks=[ProgressBar(log_every=10), events, stopper], resume=True
+        )
+        if stopper.requested.is_set():
+            code = EXIT_STOPPED
+        else:
+            test_metrics = None
+            if test is not None:
+                best = workdir / "checkpoints" / "best.pt"
+                checkpoint = best if best.exists() else workdir / "checkpoints" / "last.pt"
+                test_metrics = Predictor.load(checkpoint).evaluate(*test).model_dump(mode="json")
+            events.record(
+                "end",
+                {
+                    "iterations": result.iterations,
+                    "stop_reason": result.stop_reason,
+                    "test_metrics": test_metrics,
+                },
+            )
+            code = EXIT_OK
+    except LeaseLostError:
+        code = EXIT_FENCED
+    except Exception as exc:
+        traceback.print_exc()
+        (workdir / "error.txt").write_text(f"{type(exc).__name__}: {exc}")
+        try:
+            events.record("error", {"error": f"{type(exc).__name__}: {exc}"})
+        except LeaseLostError:
+            code = EXIT_FENCED
+    sys.stdout.flush()
+    os._exit(code)  # no atexit handlers from the parent's libraries in a spawned child
+
+
+def _job_recipe(
+    sessions: sessionmaker[Session], job_id: str, workdir: Path
+) -> tuple[TrainConfig, tuple[Path, Path] | None]:
+    """The job's recipe with its datasets filled in (a seeded holdout when no val set)."""
+    with sessions() as session:
+        job = repo.get_job(session, job_id)
+        if job.train_dataset_id is None:
+            raise ValueError("the job's training dataset was deleted")
+        train = repo.get_dataset(session, job.train_dataset_id)
+        val = repo.get_dataset(session, job.val_dataset_id) if job.val_dataset_id else None
+        test = repo.get_dataset(session, job.test_dataset_id) if job.test_dataset_id else None
+        recipe, holdout = dict(job.recipe), job.holdout_fraction
+    data: dict[str, Any] = {
+        "train": {"annotations": train.annotations_path, "images": train.images_path}
+    }
+    if val is not None:
+        data["val"] = {"annotations": val.annotations_path, "images": val.images_path}
+    elif holdout is not None:
+        seed = int(recipe.get("seed", 0))
+        tr, va = split_holdout(
+            Path(train.annotations_path), fraction=holdout, seed=seed, out_dir=workdir / "split"
+        )
+        data["train"]["annotations"], data["val"] = (
+            str(tr),
+            {"annotations": str(va), "images": train.images_path},
+        )
+    recipe["data"] = {**recipe.get("data", {}), **data}
+    recipe_file = workdir / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    cfg = load_recipe(recipe_file)
+    test_pair = None if test is None else (Path(test.annotations_path), Path(test.images_path))
+    return cfg, test_pair
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the worker dies, so no orphan keeps training."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

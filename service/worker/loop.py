@@ -1,0 +1,157 @@
+"""``Worker``: the claim loop. Each claimed job runs in a child process the worker watches.
+
+While the child trains, the worker renews the lease every ``heartbeat_s``; if the renewal is
+refused (the lease expired and another worker took the job), it kills the child and writes
+nothing more. Cancel requests and the worker's own SIGTERM reach the child as SIGTERM: it
+checkpoints and exits, and the job is cancelled or released for another worker to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.settings import Settings
+from service.storage import Storage
+from service.store import repo
+from service.store.db import make_engine, migrate, session_factory
+from service.worker.child import EXIT_FENCED, EXIT_OK, EXIT_STOPPED, run_child
+
+log = logging.getLogger(__name__)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Worker:
+    """Claims and runs jobs until stopped (SIGTERM / SIGINT, or ``stop()``)."""
+
+    def __init__(self, *, settings: Settings, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.storage = Storage(settings.data_dir)
+        self._stopping = threading.Event()
+        self._sessions: sessionmaker[Session] | None = None
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        if self._sessions is None:
+            migrate(self.settings.db_url)
+            self._sessions = session_factory(make_engine(self.settings.db_url))
+        return self._sessions
+
+    def stop(self, *_: object) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        """The loop; installs SIGTERM/SIGINT handlers when run in the main thread."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        log.info("worker %s started on %s", self.id, self.settings.db_url.split("@")[-1])
+        while not self._stopping.is_set():
+            self._seen()
+            claim = repo.claim_next_job(
+                self.sessions, worker_id=self.id, lease_s=self.settings.lease_s, now=now()
+            )
+            if claim is None:
+                self._stopping.wait(self.settings.poll_s)
+                continue
+            log.info("job %s: attempt %d (token %d)", claim.job_id, claim.attempt, claim.token)
+            self._run_claim(claim)
+
+    def _seen(self) -> None:
+        with self.sessions() as session:
+            repo.worker_seen(
+                session, worker_id=self.id, host=socket.gethostname(), pid=os.getpid(), now=now()
+            )
+            session.commit()
+
+    def _run_claim(self, claim: repo.Claim) -> None:
+        self.storage.job_dir(claim.job_id).mkdir(parents=True, exist_ok=True)
+        ctx = multiprocessing.get_context("spawn")
+        child = ctx.Process(
+            target=run_child,
+            args=(self.settings, claim.job_id, claim.token),
+            name=f"job-{claim.job_id}",
+        )
+        child.start()
+        stop_sent = cancelled = False
+        while True:
+            child.join(timeout=self.settings.heartbeat_s)
+            if not child.is_alive():
+                break
+            with self.sessions() as session:
+                beat = repo.heartbeat(
+                    session,
+                    job_id=claim.job_id,
+                    token=claim.token,
+                    lease_s=self.settings.lease_s,
+                    now=now(),
+                )
+                session.commit()
+            self._seen()
+            if beat is None:  # fenced out: someone else owns the job now
+                log.warning("job %s: lease lost; stopping the child", claim.job_id)
+                child.kill()
+                child.join()
+                return
+            cancelled = cancelled or beat.cancel_requested
+            if (cancelled or self._stopping.is_set()) and not stop_sent and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)  # the child checkpoints, then exits
+                stop_sent = True
+        self._settle(claim, child.exitcode, cancelled=cancelled)
+
+    def _settle(self, claim: repo.Claim, exitcode: int | None, *, cancelled: bool) -> None:
+        """Turn the child's exit into the job's next state (all writes fenced)."""
+        job_id, token, t = claim.job_id, claim.token, now()
+        with self.sessions() as session:
+            if cancelled and exitcode in (EXIT_OK, EXIT_STOPPED):
+                repo.finish_job(
+                    session, job_id=job_id, token=token, status="cancelled", error=None, now=t
+                )
+            elif exitcode == EXIT_OK:
+                repo.finish_job(
+                    session, job_id=job_id, token=token, status="succeeded", error=None, now=t
+                )
+            elif exitcode == EXIT_STOPPED:
+                repo.release_job(session, job_id=job_id, token=token, now=t)
+            elif exitcode == EXIT_FENCED:
+                pass
+            elif exitcode is not None and exitcode > 0:
+                error = (
+                    self._error_text(job_id)
+                    or f"training failed (exit code {exitcode}); see the job log"
+                )
+                repo.finish_job(
+                    session, job_id=job_id, token=token, status="failed", error=error, now=t
+                )
+            else:  # killed by a signal (OOM killer, SIGKILL): retry from the last checkpoint
+                self._retry_or_fail(
+                    session, claim, f"training process killed by signal {-(exitcode or 0)}"
+                )
+            session.commit()
+
+    def _retry_or_fail(self, session: Session, claim: repo.Claim, reason: str) -> None:
+        job = repo.get_job(session, claim.job_id)
+        if job.attempt >= job.max_attempts:
+            repo.finish_job(
+                session, job_id=claim.job_id, token=claim.token, status="failed",
+                error=f"{reason}; gave up after {job.attempt} attempts", now=now(),
+            )  # fmt: skip
+        else:
+            repo.release_job(session, job_id=claim.job_id, token=claim.token, now=now())
+
+    def _error_text(self, job_id: str) -> str | None:
+        path: Path = self.storage.job_dir(job_id) / "error.txt"
+        return path.read_text() if path.exists() else None

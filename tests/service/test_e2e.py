@@ -1,0 +1,178 @@
+"""The whole flow over real HTTP: uvicorn and workers in real processes, a real SQLite store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from detector.data.shapes import ShapesSpec, make_shapes_splits
+from service.client import ApiClientError, Client
+from service.settings import hash_key
+
+API_KEY = "test-key-0123456789"
+SIZES = {"data": {"train_min_sizes": [96], "eval_min_size": 96, "max_size": 96}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "RETINANET_DATA_DIR": str(data_dir),
+        "RETINANET_API_KEY_HASHES": hash_key(API_KEY),
+        "RETINANET_HEARTBEAT_S": "0.5",
+        "RETINANET_LEASE_S": "4",
+        "RETINANET_POLL_S": "0.2",
+    }
+
+
+def _start(args: list[str], data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *args], env=_env(data_dir), stdout=out, stderr=out
+        )
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("svc_shapes")
+    paths = make_shapes_splits(
+        root, ShapesSpec(num_images=1, size_px=96, seed=3), splits=[("train", 48), ("val", 16)]
+    )
+    return {**paths, "images": root / "images"}
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The API alone (no embedded worker): tests start and kill workers themselves."""
+    data_dir, port = tmp_path / "data", _free_port()
+    server = _start(
+        ["serve", "--port", str(port), "--workers", "0"], data_dir, tmp_path / "api.log"
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def live() -> bool:
+        try:
+            return httpx.get(f"{url}/health/live", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        _wait(live, 60, "the API")
+        yield url, data_dir
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_upload_train_follow_and_read_map(
+    api: tuple[str, Path], shapes: dict[str, Path], tmp_path: Path
+) -> None:
+    url, data_dir = api
+    assert httpx.get(f"{url}/v1/jobs").status_code == 401
+    assert httpx.get(f"{url}/health/ready").status_code == 503  # no worker yet
+    worker = _start(["worker"], data_dir, tmp_path / "worker.log")
+    try:
+        with Client(url, api_key=API_KEY) as client:
+            train = client.upload_dataset(shapes["train"], shapes["images"], name="train")
+            val = client.upload_dataset(shapes["val"], shapes["images"], name="val")
+            assert train["num_images"] == 48 and set(train["class_counts"]) == {
+                "circle",
+                "square",
+                "triangle",
+            }
+            job = client.create_job(
+                train_dataset_id=train["id"], val_dataset_id=val["id"], recipe="shapes_tiny",
+                recipe_overrides={**SIZES, "eval": {"period_epochs": 10}}, idempotency_key="job-1",
+            )  # fmt: skip
+            again = client.create_job(
+                train_dataset_id=train["id"], val_dataset_id=val["id"], recipe="shapes_tiny",
+                recipe_overrides={**SIZES, "eval": {"period_epochs": 10}}, idempotency_key="job-1",
+            )  # fmt: skip
+            assert again["id"] == job["id"]
+            kinds = [e["event"] for e in client.events(job["id"])]
+            assert kinds.count("epoch") == 20 and "step" in kinds and "end" in kinds
+            done = client.wait(job["id"], timeout_s=60)
+            assert done["status"] == "succeeded" and done["attempt"] == 1, client.logs(job["id"])
+            metrics = client.metrics(job["id"])
+            assert len(metrics["history"]) == 20 and set(metrics["latest"]["summary"]) >= {
+                "AP",
+                "AP50",
+                "ARl",
+            }
+            assert metrics["latest"]["summary"]["AP50"] > 0.15  # an untrained model scores < 0.02
+            per_class = {c["name"]: c for c in metrics["latest"]["per_class"]}
+            assert (
+                set(per_class) == {"circle", "square", "triangle"}
+                and "AR100" in per_class["circle"]
+            )
+            assert "epoch 20 done" in client.logs(job["id"])
+            assert httpx.get(f"{url}/health/ready").status_code == 200
+            with pytest.raises(ApiClientError) as err:
+                client.cancel(job["id"])
+            assert err.value.status == 409
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_job_resumes_on_another(
+    api: tuple[str, Path], shapes: dict[str, Path], tmp_path: Path
+) -> None:
+    url, data_dir = api
+    with Client(url, api_key=API_KEY) as client:
+        train = client.upload_dataset(shapes["train"], shapes["images"], name="train")
+        job = client.create_job(
+            train_dataset_id=train["id"], recipe="shapes_tiny", holdout_fraction=0.25,
+            recipe_overrides={
+                **SIZES, "solver": {"epochs": 6, "steps": [5]}, "checkpoint_period_iters": 5
+            },
+        )  # fmt: skip
+        first = _start(["worker"], data_dir, tmp_path / "worker1.log")
+        checkpoint = data_dir / "jobs" / job["id"] / "checkpoints" / "last.pt"
+        _wait(
+            lambda: (
+                checkpoint.exists()
+                and (client.job(job["id"])["progress"] or {}).get("iteration", 0) >= 7
+            ),
+            120,
+            "a checkpoint",
+        )
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        assert client.job(job["id"])["status"] == "running"  # until its lease expires
+        second = _start(["worker"], data_dir, tmp_path / "worker2.log")
+        try:
+            done = client.wait(job["id"], timeout_s=120)
+        finally:
+            second.terminate()
+            second.wait(timeout=60)
+        assert done["status"] == "succeeded" and done["attempt"] == 2, client.logs(job["id"])
+        starts = [e["data"]["iteration"] for e in client.events(job["id"]) if e["event"] == "start"]
+        assert starts[0] == 0 and starts[1] >= 5  # the second attempt resumed from a checkpoint
+        assert done["progress"]["iteration"] == done["progress"]["max_iters"]
+        assert len(client.metrics(job["id"])["history"]) == 6

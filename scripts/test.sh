@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Set up, then lint, type-check and run the whole test suite (CPU only; ~minutes on 2 cores).
+# Set up, then lint, type-check and run the whole test suite (CPU only; minutes on 2 cores).
+# A local PostgreSQL is started for the multi-worker store tests (scripts/postgres.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if pg_env="$(bash scripts/postgres.sh | tail -1)"; then
+  eval "$pg_env"
+else
+  echo "warning: no PostgreSQL (scripts/postgres.sh failed); its tests skip here, and fail under CI" >&2
+fi
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"; .venv/bin/python -m pytest "$@"

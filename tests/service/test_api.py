@@ -68,9 +68,7 @@ def _upload(client: TestClient, payload: bytes, name: str = "ds") -> Any:
 
 
 def _leftovers(settings: Settings) -> list[Path]:
-    return [p for p in (settings.data_dir / "datasets").glob("*")] + [
-        p for p in (settings.data_dir / "staging").glob("*")
-    ]
+    return [*(settings.data_dir / "datasets").glob("*"), *(settings.data_dir / "staging").glob("*")]
 
 
 def test_auth_is_required_except_for_health(client: TestClient) -> None:

@@ -176,3 +176,39 @@ def test_sigkilled_worker_job_resumes_on_another(
         assert starts[0] == 0 and starts[1] >= 5  # the second attempt resumed from a checkpoint
         assert done["progress"]["iteration"] == done["progress"]["max_iters"]
         assert len(client.metrics(job["id"])["history"]) == 6
+
+
+@pytest.mark.slow
+def test_deterministic_failure_fails_once_and_cancel_stops_a_running_job(
+    api: tuple[str, Path], shapes: dict[str, Path], tmp_path: Path
+) -> None:
+    url, data_dir = api
+    worker = _start(["worker"], data_dir, tmp_path / "worker.log")
+    try:
+        with Client(url, api_key=API_KEY) as client:
+            train = client.upload_dataset(shapes["train"], shapes["images"], name="train")
+            diverging = client.create_job(
+                train_dataset_id=train["id"], recipe="shapes_tiny", priority=10,
+                overrides=["solver.optimizer=sgd", "solver.lr=1e6", "solver.warmup_iters=0",
+                           "solver.clip_grad_norm=null", "data.train_min_sizes=[96]",
+                           "data.eval_min_size=96", "data.max_size=96"],
+            )  # fmt: skip
+            long = client.create_job(
+                train_dataset_id=train["id"], recipe="shapes_tiny", recipe_overrides=SIZES
+            )
+            failed = client.wait(diverging["id"], timeout_s=120)
+            assert failed["status"] == "failed" and failed["attempt"] == 1
+            assert "non-finite" in failed["error"] and "iteration" in failed["error"]
+            _wait(
+                lambda: (client.job(long["id"])["progress"] or {}).get("iteration", 0) >= 3,
+                120,
+                "progress",
+            )
+            client.cancel(long["id"])
+            cancelled = client.wait(long["id"], timeout_s=120)
+            assert cancelled["status"] == "cancelled" and cancelled["error"] is None
+            assert (data_dir / "jobs" / long["id"] / "checkpoints" / "last.pt").exists()
+            assert cancelled["progress"]["iteration"] < cancelled["progress"]["max_iters"]
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)

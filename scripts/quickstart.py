@@ -55,10 +55,21 @@ def main() -> int:
         "RETINANET_API_KEY_HASHES": hash_key(api_key),
         "RETINANET_HEARTBEAT_S": "2",
         "RETINANET_POLL_S": "0.5",
+        "RETINANET_LOG_LEVEL": "WARNING",
     }
     print(f"starting the service on {url} (data in {WORK / 'service'})", flush=True)
     server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
     )
     try:
         wait_ready(url)

@@ -22,6 +22,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--workers", type=int, default=1, help="training workers started beside the API (0: none)"
     )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("worker", help="claim and run training jobs (settings: RETINANET_* env)")
@@ -47,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for w in workers:
         w.start()
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     finally:
         for w in workers:
             w.terminate()  # SIGTERM: a running job checkpoints and is released

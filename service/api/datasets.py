@@ -104,7 +104,8 @@ async def _upload(
             archive, unpacked, max_bytes=max_bytes, max_files=settings.max_upload_files
         )
         archive.unlink()
-        folder = storage.dataset_dir(uuid.uuid4().hex)
+        dataset_id = uuid.uuid4().hex
+        folder = storage.dataset_dir(dataset_id)
         folder.parent.mkdir(parents=True, exist_ok=True)
         unpacked.rename(folder)
         located = Located(
@@ -113,7 +114,9 @@ async def _upload(
         )
         label = name if isinstance(name, str) and name else (upload.filename or "upload")
         try:
-            return _register(session, name=label, source="upload", located=located)
+            return _register(
+                session, name=label, source="upload", located=located, dataset_id=dataset_id
+            )
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)  # a refused dataset leaves nothing behind
             raise
@@ -150,10 +153,13 @@ def _validated(located: Located) -> dict[str, object]:
     }
 
 
-def _register(session: SessionDep, *, name: str, source: str, located: Located) -> DatasetPublic:
+def _register(
+    session: SessionDep, *, name: str, source: str, located: Located, dataset_id: str | None = None
+) -> DatasetPublic:
     facts = _validated(located)
     row = repo.create_dataset(
         session,
+        dataset_id=dataset_id,
         name=name,
         source=source,
         annotations_path=str(located.annotations),
@@ -184,10 +190,5 @@ def delete_dataset(dataset_id: str, session: SessionDep, storage: StorageDep) ->
     """Refused (409) while a queued or running job uses it; an upload's files go too."""
     row = repo.delete_dataset(session, dataset_id)
     session.commit()
-    if row.source == "upload":
-        folder = Path(row.annotations_path)
-        datasets_root = storage.root / "datasets"
-        while folder.parent.resolve() != datasets_root.resolve() and folder != folder.parent:
-            folder = folder.parent
-        if folder.parent.resolve() == datasets_root.resolve():
-            shutil.rmtree(folder, ignore_errors=True)
+    if row.source == "upload":  # uploads live in their own folder; registered ones are the user's
+        shutil.rmtree(storage.dataset_dir(row.id), ignore_errors=True)

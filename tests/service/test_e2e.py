@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from detector.data.shapes import ShapesSpec, make_shapes_splits
+from detector.engine.checkpoint import load_checkpoint
 from service.client import ApiClientError, Client
 from service.settings import hash_key
 
@@ -212,3 +213,41 @@ def test_deterministic_failure_fails_once_and_cancel_stops_a_running_job(
     finally:
         worker.terminate()
         worker.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_releases_for_the_next_worker(
+    api: tuple[str, Path], shapes: dict[str, Path], tmp_path: Path
+) -> None:
+    url, data_dir = api
+    with Client(url, api_key=API_KEY) as client:
+        train = client.upload_dataset(shapes["train"], shapes["images"], name="train")
+        job = client.create_job(
+            train_dataset_id=train["id"], recipe="shapes_tiny",
+            recipe_overrides={
+                **SIZES, "solver": {"epochs": 4, "steps": [3]}, "checkpoint_period_iters": 1000
+            },
+        )  # fmt: skip
+        first = _start(["worker"], data_dir, tmp_path / "worker1.log")
+        _wait(
+            lambda: (client.job(job["id"])["progress"] or {}).get("iteration", 0) >= 2,
+            120,
+            "progress",
+        )
+        first.terminate()  # SIGTERM: the child stops after its step and writes last.pt; released
+        assert first.wait(timeout=120) == 0
+        released = client.job(job["id"])
+        assert released["status"] == "queued" and released["attempt"] == 1
+        stopped_at = load_checkpoint(data_dir / "jobs" / job["id"] / "checkpoints" / "last.pt")[
+            "state"
+        ]["iteration"]
+        assert stopped_at >= 2  # no periodic checkpoint was due: this one was written on SIGTERM
+        second = _start(["worker"], data_dir, tmp_path / "worker2.log")
+        try:
+            done = client.wait(job["id"], timeout_s=120)
+        finally:
+            second.terminate()
+            second.wait(timeout=60)
+        assert done["status"] == "succeeded" and done["attempt"] == 2
+        starts = [e["data"]["iteration"] for e in client.events(job["id"]) if e["event"] == "start"]
+        assert starts == [0, stopped_at]

@@ -6,6 +6,7 @@ import argparse
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ]
     for w in workers:
         w.start()
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; with Python's default
+    # handler that would kill this process before it can stop the workers below.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     finally:
@@ -69,9 +73,12 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
 
 
 def _worker_main(settings: Settings) -> None:
+    from service.worker.child import die_with_parent
     from service.worker.loop import Worker
 
     _logging()
+    if multiprocessing.parent_process() is not None:  # started by `serve`: end with it
+        die_with_parent()
     Worker(settings=settings).run()
 
 

@@ -102,7 +102,7 @@ class StopOnSignal(Callback):
 
 def run_child(settings: Settings, job_id: str, token: int) -> None:
     """Entry point of the child process (multiprocessing, spawn)."""
-    _die_with_parent()
+    die_with_parent()
     storage = Storage(settings.data_dir)
     workdir = storage.job_dir(job_id)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +183,7 @@ def _job_recipe(
     return cfg, test_pair
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: SIGKILL this process when the worker dies, so no orphan keeps training."""
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -251,3 +252,24 @@ def test_sigterm_checkpoints_and_releases_for_the_next_worker(
         assert done["status"] == "succeeded" and done["attempt"] == 2
         starts = [e["data"]["iteration"] for e in client.events(job["id"]) if e["event"] == "start"]
         assert starts == [0, stopped_at]
+
+
+def test_serve_runs_a_worker_and_stops_it_on_sigterm(tmp_path: Path) -> None:
+    data_dir, port = tmp_path / "data", _free_port()
+    server = _start(["serve", "--port", str(port)], data_dir, tmp_path / "serve.log")
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/health/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        _wait(ready, 60, "the embedded worker")  # ready means a worker heartbeat was seen
+        with sqlite3.connect(data_dir / "retinanet.db") as db:
+            (pid,) = db.execute("SELECT pid FROM workers").fetchone()
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0
+    _wait(lambda: not Path(f"/proc/{pid}").exists(), 30, "the worker to exit")

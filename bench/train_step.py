@@ -27,13 +27,14 @@ the stock model then ``--steps`` of ours (A B A B ...); img/s = batch x steps / 
 round; median and [min-max] over the rounds; ratio = ours / stock. Peak memory (CUDA only): the
 ``max_memory_allocated`` of the last round of each model, after ``reset_peak_memory_stats``.
 
-    .venv/bin/python bench/train_step.py [--cases bccd-r18 r50-512] [--repeats 5] [--steps 2]
+    .venv/bin/python bench/train_step.py [--cases bccd-r18 r50-384] [--repeats 5] [--steps 1]
                                          [--device cpu|cuda] [--amp] [--channels-last]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -76,8 +77,8 @@ CASES = {
     # BCCD as trained by configs/bccd_r18.yaml: 640x480 photos resized to 320x427.
     "bccd-r18": Case("bccd-r18", "configs/bccd_r18.yaml", (), 8, 320, 427),
     # The paper's R50-FPN (256 channels, frozen BN, 3 trainable stages) at a larger size.
-    "r50-512": Case(
-        "r50-512",
+    "r50-384": Case(
+        "r50-384",
         "configs/bccd_r18.yaml",
         (
             "model.backbone=resnet50",
@@ -86,9 +87,9 @@ CASES = {
             "model.fpn_channels=256",
             "model.anchor_sizes=[32,64,128,256,512]",
         ),
-        4,
+        2,
+        384,
         512,
-        683,
     ),
 }
 
@@ -318,20 +319,23 @@ def device_line(device: torch.device) -> str:
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
-        f"device: {device.type} ({name}), torch.get_num_threads() = {torch.get_num_threads()}, "
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}"
+        f"device: {device.type} ({name}, {os.cpu_count()} logical CPUs), "
+        f"torch.get_num_threads() = {torch.get_num_threads()}, "
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}; "
+        f"load average now {load}"
     )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--cases", nargs="+", choices=sorted(CASES), default=["bccd-r18", "r50-512"])
+    p.add_argument("--cases", nargs="+", choices=sorted(CASES), default=["bccd-r18", "r50-384"])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--amp", action="store_true", help="fp16 autocast + GradScaler (CUDA only)")
     p.add_argument("--channels-last", action="store_true", help="model in channels_last")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per model")
-    p.add_argument("--steps", type=int, default=2, help="training steps per timed round")
+    p.add_argument("--steps", type=int, default=1, help="training steps per timed round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
     p.add_argument("--batches", type=int, default=3, help="distinct synthetic batches cycled")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")

@@ -62,6 +62,17 @@ class EpochEvent:
     val_losses: dict[str, float] | None
     metrics: CocoMetrics | None = field(default=None)
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict; metrics as the evaluator serialises them."""
+        payload = {k: v for k, v in asdict(self).items() if k != "metrics"}
+        payload["metrics"] = None if self.metrics is None else self.metrics.model_dump(mode="json")
+        return payload
+
+
+def start_payload(trainer: Trainer) -> dict[str, Any]:
+    """What a run reports when it starts (or resumes): where, and the anchor fit."""
+    return {"iteration": trainer.state.iteration, "anchor_fit": asdict(trainer.anchor_fit)}
+
 
 class Trainer(Protocol):
     """What callbacks may see of the training loop."""
@@ -187,20 +198,13 @@ class JsonlEvents(Callback):
             f.write(json.dumps(record, allow_nan=False, default=_finite_or_none) + "\n")
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        self._write(
-            "start",
-            {"iteration": trainer.state.iteration, "anchor_fit": asdict(trainer.anchor_fit)},
-        )
+        self._write("start", start_payload(trainer))
 
     def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
         self._write("step", asdict(event))
 
     def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
-        payload = {k: v for k, v in asdict(event).items() if k != "metrics"}
-        payload["metrics"] = (
-            None if event.metrics is None else event.metrics.model_dump(mode="json")
-        )
-        self._write("epoch", payload)
+        self._write("epoch", event.to_json())
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self._write(

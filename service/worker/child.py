@@ -23,7 +23,7 @@ import yaml
 from sqlalchemy.orm import Session, sessionmaker
 
 from detector import Callback, EpochEvent, Predictor, StepEvent, TrainConfig, fit, load_recipe
-from detector.engine.callbacks import ProgressBar, Trainer
+from detector.engine.callbacks import ProgressBar, Trainer, start_payload
 from service.settings import Settings
 from service.storage import Storage
 from service.store import repo
@@ -68,10 +68,7 @@ class DbEvents(Callback):
             raise LeaseLostError(f"job {self.job_id}: lease lost (token {self.token})")
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        self.record(
-            "start",
-            {"iteration": trainer.state.iteration, "anchor_fit": asdict(trainer.anchor_fit)},
-        )
+        self.record("start", start_payload(trainer))
 
     def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
         now = time.monotonic()
@@ -80,11 +77,7 @@ class DbEvents(Callback):
             self.record("step", asdict(event))
 
     def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
-        payload = {k: v for k, v in asdict(event).items() if k != "metrics"}
-        payload["metrics"] = (
-            None if event.metrics is None else event.metrics.model_dump(mode="json")
-        )
-        self.record("epoch", payload)
+        self.record("epoch", event.to_json())
 
 
 class StopOnSignal(Callback):

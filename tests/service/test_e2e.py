@@ -21,6 +21,8 @@ from service.client import ApiClientError, Client
 from service.settings import hash_key
 
 API_KEY = "test-key-0123456789"
+# Generous deadlines: a busy 2-core CI machine can be many times slower than an idle one.
+DEADLINE_S = 600
 SIZES = {"data": {"train_min_sizes": [96], "eval_min_size": 96, "max_size": 96}}
 
 
@@ -82,7 +84,7 @@ def api(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             return False
 
     try:
-        _wait(live, 60, "the API")
+        _wait(live, DEADLINE_S, "the API")
         yield url, data_dir
     finally:
         server.terminate()
@@ -117,7 +119,7 @@ def test_upload_train_follow_and_read_map(
             assert again["id"] == job["id"]
             kinds = [e["event"] for e in client.events(job["id"])]
             assert kinds.count("epoch") == 20 and "step" in kinds and "end" in kinds
-            done = client.wait(job["id"], timeout_s=60)
+            done = client.wait(job["id"], timeout_s=DEADLINE_S)
             assert done["status"] == "succeeded" and done["attempt"] == 1, client.logs(job["id"])
             metrics = client.metrics(job["id"])
             assert len(metrics["history"]) == 20 and set(metrics["latest"]["summary"]) >= {
@@ -161,7 +163,7 @@ def test_sigkilled_worker_job_resumes_on_another(
                 checkpoint.exists()
                 and (client.job(job["id"])["progress"] or {}).get("iteration", 0) >= 7
             ),
-            120,
+            DEADLINE_S,
             "a checkpoint",
         )
         os.kill(first.pid, signal.SIGKILL)
@@ -169,7 +171,7 @@ def test_sigkilled_worker_job_resumes_on_another(
         assert client.job(job["id"])["status"] == "running"  # until its lease expires
         second = _start(["worker"], data_dir, tmp_path / "worker2.log")
         try:
-            done = client.wait(job["id"], timeout_s=120)
+            done = client.wait(job["id"], timeout_s=DEADLINE_S)
         finally:
             second.terminate()
             second.wait(timeout=60)
@@ -198,16 +200,16 @@ def test_deterministic_failure_fails_once_and_cancel_stops_a_running_job(
             long = client.create_job(
                 train_dataset_id=train["id"], recipe="shapes_tiny", recipe_overrides=SIZES
             )
-            failed = client.wait(diverging["id"], timeout_s=120)
+            failed = client.wait(diverging["id"], timeout_s=DEADLINE_S)
             assert failed["status"] == "failed" and failed["attempt"] == 1
             assert "non-finite" in failed["error"] and "iteration" in failed["error"]
             _wait(
                 lambda: (client.job(long["id"])["progress"] or {}).get("iteration", 0) >= 3,
-                120,
+                DEADLINE_S,
                 "progress",
             )
             client.cancel(long["id"])
-            cancelled = client.wait(long["id"], timeout_s=120)
+            cancelled = client.wait(long["id"], timeout_s=DEADLINE_S)
             assert cancelled["status"] == "cancelled" and cancelled["error"] is None
             assert (data_dir / "jobs" / long["id"] / "checkpoints" / "last.pt").exists()
             assert cancelled["progress"]["iteration"] < cancelled["progress"]["max_iters"]
@@ -232,7 +234,7 @@ def test_sigterm_checkpoints_and_releases_for_the_next_worker(
         first = _start(["worker"], data_dir, tmp_path / "worker1.log")
         _wait(
             lambda: (client.job(job["id"])["progress"] or {}).get("iteration", 0) >= 2,
-            120,
+            DEADLINE_S,
             "progress",
         )
         first.terminate()  # SIGTERM: the child stops after its step and writes last.pt; released
@@ -245,7 +247,7 @@ def test_sigterm_checkpoints_and_releases_for_the_next_worker(
         assert stopped_at >= 2  # no periodic checkpoint was due: this one was written on SIGTERM
         second = _start(["worker"], data_dir, tmp_path / "worker2.log")
         try:
-            done = client.wait(job["id"], timeout_s=120)
+            done = client.wait(job["id"], timeout_s=DEADLINE_S)
         finally:
             second.terminate()
             second.wait(timeout=60)
@@ -266,7 +268,7 @@ def test_serve_runs_a_worker_and_stops_it_on_sigterm(tmp_path: Path) -> None:
             return False
 
     try:
-        _wait(ready, 60, "the embedded worker")  # ready means a worker heartbeat was seen
+        _wait(ready, DEADLINE_S, "the embedded worker")  # ready means a worker heartbeat was seen
         with sqlite3.connect(data_dir / "retinanet.db") as db:
             (pid,) = db.execute("SELECT pid FROM workers").fetchone()
     finally:

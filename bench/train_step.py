@@ -27,7 +27,11 @@ the stock model then ``--steps`` of ours (A B A B ...); img/s = batch x steps / 
 round; median and [min-max] over the rounds; ratio = ours / stock. Peak memory (CUDA only): the
 ``max_memory_allocated`` of the last round of each model, after ``reset_peak_memory_stats``.
 
-    .venv/bin/python bench/train_step.py [--cases bccd-r18 r50-384] [--repeats 5] [--steps 1]
+The two models differ only in the loss, so the script also times the loss alone (anchor
+matching, ``head.compute_loss`` and its backward to the head outputs, on the same detached head
+outputs for both), ``--loss-repeats`` calls each, interleaved after one warm-up call.
+
+    .venv/bin/python bench/train_step.py [--cases bccd-r18 r50-384] [--repeats 6] [--steps 1]
                                          [--device cpu|cuda] [--amp] [--channels-last]
 """
 
@@ -46,6 +50,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import Tensor, nn
+from torchvision.models.detection import RetinaNet
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: import the package from the repo
@@ -234,6 +239,8 @@ def check(case: Case, stock: Trainee, ours: Trainee, device: torch.device) -> li
 class Result:
     seconds: dict[str, list[float]]
     peak_bytes: dict[str, int | None]
+    loss_seconds: dict[str, list[float]]
+    """Per call of the loss alone (matching + head.compute_loss + its backward)."""
 
 
 def time_steps(trainee: Trainee, batches: Sequence[Batch], steps: int, start: int) -> float:
@@ -242,6 +249,36 @@ def time_steps(trainee: Trainee, batches: Sequence[Batch], steps: int, start: in
     t0 = time.perf_counter()
     for i in range(steps):
         trainee.step(batches[(start + i) % len(batches)])
+    sync(device)
+    return time.perf_counter() - t0
+
+
+LossInputs = tuple[Targets, dict[str, Tensor], list[Tensor]]
+
+
+def head_outputs(model: RetinaNet, batch: Batch) -> LossInputs:
+    """What ``RetinaNet.compute_loss`` takes: targets, detached head outputs and anchors."""
+    images, targets = batch
+    with torch.no_grad():
+        image_list, moved = model.transform(images, targets)
+        assert moved is not None
+        features = list(model.backbone(image_list.tensors).values())
+        outputs = model.head(features)
+        anchors = model.anchor_generator(image_list, features)
+    return moved, {k: v.detach() for k, v in outputs.items()}, anchors
+
+
+def time_loss(
+    trainee: Trainee, targets: Targets, outputs: dict[str, Tensor], anchors: list[Tensor]
+) -> float:
+    """Seconds for the loss alone: anchor matching, the head's loss, and its backward."""
+    leaves = {k: v.clone().requires_grad_(True) for k, v in outputs.items()}
+    device = trainee.device
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.float16, enabled=trainee.amp):
+        losses = trainee.model.compute_loss(targets, leaves, anchors)
+    torch.autograd.backward(torch.stack(list(losses.values())).sum())
     sync(device)
     return time.perf_counter() - t0
 
@@ -260,7 +297,11 @@ def run_case(
     for name, trainee in trainees.items():  # warm-up: allocator, kernels, optimiser state
         t = time_steps(trainee, batches, args.warmup, start=0)
         log(f"{case.name}: warm-up {name}: {args.warmup} steps {t:.1f} s")
-    result = Result(seconds={n: [] for n in trainees}, peak_bytes=dict.fromkeys(trainees))
+    result = Result(
+        seconds={n: [] for n in trainees},
+        peak_bytes=dict.fromkeys(trainees),
+        loss_seconds={n: [] for n in trainees},
+    )
     for r in range(args.repeats):
         for name, trainee in trainees.items():  # A B A B ...
             if device.type == "cuda":
@@ -273,6 +314,12 @@ def run_case(
             f"{case.name}: round {r + 1}/{args.repeats}: "
             + ", ".join(f"{n} {result.seconds[n][-1]:.2f} s" for n in trainees)
         )
+    loss_part = head_outputs(trainees[REFERENCE].model, batches[0])
+    for r in range(args.loss_repeats + 1):  # round 0 is the warm-up
+        for name, trainee in trainees.items():
+            t = time_loss(trainee, *loss_part)
+            if r > 0:
+                result.loss_seconds[name].append(t)
     del trainees
     return result
 
@@ -307,6 +354,23 @@ def table(rows: list[tuple[Case, Result]], args: argparse.Namespace, device: tor
             f"| {mine[0]:.2f} [{mine[1]:.2f}-{mine[2]:.2f}] | {mine[0] / ref[0]:.2f}x "
             f"| {mib(REFERENCE)} | {mib(OURS)} |"
         )
+    out += [
+        "",
+        "Loss alone (anchor matching + head.compute_loss + backward to the head outputs), "
+        f"{args.loss_repeats} interleaved calls, median [min-max] ms:",
+        "",
+        "| device | case | stock ms | ours ms | ratio (stock/ours) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for case, res in rows:
+        ref_ms = [1e3 * s for s in res.loss_seconds[REFERENCE]]
+        my_ms = [1e3 * s for s in res.loss_seconds[OURS]]
+        ref_med, my_med = statistics.median(ref_ms), statistics.median(my_ms)
+        out.append(
+            f"| {device.type} | {case.name} "
+            f"| {ref_med:.1f} [{min(ref_ms):.1f}-{max(ref_ms):.1f}] "
+            f"| {my_med:.1f} [{min(my_ms):.1f}-{max(my_ms):.1f}] | {ref_med / my_med:.2f}x |"
+        )
     return "\n".join(out)
 
 
@@ -334,9 +398,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--amp", action="store_true", help="fp16 autocast + GradScaler (CUDA only)")
     p.add_argument("--channels-last", action="store_true", help="model in channels_last")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per model")
+    p.add_argument("--repeats", type=int, default=6, help="timed rounds per model")
     p.add_argument("--steps", type=int, default=1, help="training steps per timed round")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
+    p.add_argument(
+        "--loss-repeats", type=int, default=20, help="timed calls of the loss alone per model"
+    )
     p.add_argument("--batches", type=int, default=3, help="distinct synthetic batches cycled")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -59,6 +60,17 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@contextmanager
+def _worker(data_dir: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``retinanet worker`` process, stopped with SIGTERM on the way out."""
+    process = _start(["worker"], data_dir, log)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("svc_shapes")
@@ -98,49 +110,41 @@ def test_upload_train_follow_and_read_map(
     url, data_dir = api
     assert httpx.get(f"{url}/v1/jobs").status_code == 401
     assert httpx.get(f"{url}/health/ready").status_code == 503  # no worker yet
-    worker = _start(["worker"], data_dir, tmp_path / "worker.log")
-    try:
-        with Client(url, api_key=API_KEY) as client:
-            train = client.upload_dataset(shapes["train"], shapes["images"], name="train")
-            val = client.upload_dataset(shapes["val"], shapes["images"], name="val")
-            assert train["num_images"] == 48 and set(train["class_counts"]) == {
-                "circle",
-                "square",
-                "triangle",
-            }
-            job = client.create_job(
-                train_dataset_id=train["id"], val_dataset_id=val["id"], recipe="shapes_tiny",
-                recipe_overrides={**SIZES, "eval": {"period_epochs": 10}}, idempotency_key="job-1",
-            )  # fmt: skip
-            again = client.create_job(
-                train_dataset_id=train["id"], val_dataset_id=val["id"], recipe="shapes_tiny",
-                recipe_overrides={**SIZES, "eval": {"period_epochs": 10}}, idempotency_key="job-1",
-            )  # fmt: skip
-            assert again["id"] == job["id"]
-            kinds = [e["event"] for e in client.events(job["id"])]
-            assert kinds.count("epoch") == 20 and "step" in kinds and "end" in kinds
-            done = client.wait(job["id"], timeout_s=DEADLINE_S)
-            assert done["status"] == "succeeded" and done["attempt"] == 1, client.logs(job["id"])
-            metrics = client.metrics(job["id"])
-            assert len(metrics["history"]) == 20 and set(metrics["latest"]["summary"]) >= {
-                "AP",
-                "AP50",
-                "ARl",
-            }
-            assert metrics["latest"]["summary"]["AP50"] > 0.15  # an untrained model scores < 0.02
-            per_class = {c["name"]: c for c in metrics["latest"]["per_class"]}
-            assert (
-                set(per_class) == {"circle", "square", "triangle"}
-                and "AR100" in per_class["circle"]
-            )
-            assert "epoch 20 done" in client.logs(job["id"])
-            assert httpx.get(f"{url}/health/ready").status_code == 200
-            with pytest.raises(ApiClientError) as err:
-                client.cancel(job["id"])
-            assert err.value.status == 409
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
+    with _worker(data_dir, tmp_path / "worker.log"), Client(url, api_key=API_KEY) as client:
+        train = client.upload_dataset(shapes["train"], shapes["images"], name="train")
+        val = client.upload_dataset(shapes["val"], shapes["images"], name="val")
+        assert train["num_images"] == 48 and set(train["class_counts"]) == {
+            "circle",
+            "square",
+            "triangle",
+        }
+        job = client.create_job(
+            train_dataset_id=train["id"], val_dataset_id=val["id"], recipe="shapes_tiny",
+            recipe_overrides={**SIZES, "eval": {"period_epochs": 10}}, idempotency_key="job-1",
+        )  # fmt: skip
+        again = client.create_job(
+            train_dataset_id=train["id"], val_dataset_id=val["id"], recipe="shapes_tiny",
+            recipe_overrides={**SIZES, "eval": {"period_epochs": 10}}, idempotency_key="job-1",
+        )  # fmt: skip
+        assert again["id"] == job["id"]
+        kinds = [e["event"] for e in client.events(job["id"])]
+        assert kinds.count("epoch") == 20 and "step" in kinds and "end" in kinds
+        done = client.wait(job["id"], timeout_s=DEADLINE_S)
+        assert done["status"] == "succeeded" and done["attempt"] == 1, client.logs(job["id"])
+        metrics = client.metrics(job["id"])
+        assert len(metrics["history"]) == 20 and set(metrics["latest"]["summary"]) >= {
+            "AP",
+            "AP50",
+            "ARl",
+        }
+        assert metrics["latest"]["summary"]["AP50"] > 0.15  # an untrained model scores < 0.02
+        per_class = {c["name"]: c for c in metrics["latest"]["per_class"]}
+        assert set(per_class) == {"circle", "square", "triangle"} and "AR100" in per_class["circle"]
+        assert "epoch 20 done" in client.logs(job["id"])
+        assert httpx.get(f"{url}/health/ready").status_code == 200
+        with pytest.raises(ApiClientError) as err:
+            client.cancel(job["id"])
+        assert err.value.status == 409
 
 
 @pytest.mark.slow
@@ -169,12 +173,8 @@ def test_sigkilled_worker_job_resumes_on_another(
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         assert client.job(job["id"])["status"] == "running"  # until its lease expires
-        second = _start(["worker"], data_dir, tmp_path / "worker2.log")
-        try:
+        with _worker(data_dir, tmp_path / "worker2.log"):
             done = client.wait(job["id"], timeout_s=DEADLINE_S)
-        finally:
-            second.terminate()
-            second.wait(timeout=60)
         assert done["status"] == "succeeded" and done["attempt"] == 2, client.logs(job["id"])
         starts = [e["data"]["iteration"] for e in client.events(job["id"]) if e["event"] == "start"]
         assert starts[0] == 0 and starts[1] >= 5  # the second attempt resumed from a checkpoint
@@ -187,35 +187,30 @@ def test_deterministic_failure_fails_once_and_cancel_stops_a_running_job(
     api: tuple[str, Path], shapes: dict[str, Path], tmp_path: Path
 ) -> None:
     url, data_dir = api
-    worker = _start(["worker"], data_dir, tmp_path / "worker.log")
-    try:
-        with Client(url, api_key=API_KEY) as client:
-            train = client.upload_dataset(shapes["train"], shapes["images"], name="train")
-            diverging = client.create_job(
-                train_dataset_id=train["id"], recipe="shapes_tiny", priority=10,
-                overrides=["solver.optimizer=sgd", "solver.lr=1e6", "solver.warmup_iters=0",
-                           "solver.clip_grad_norm=null", "data.train_min_sizes=[96]",
-                           "data.eval_min_size=96", "data.max_size=96"],
-            )  # fmt: skip
-            long = client.create_job(
-                train_dataset_id=train["id"], recipe="shapes_tiny", recipe_overrides=SIZES
-            )
-            failed = client.wait(diverging["id"], timeout_s=DEADLINE_S)
-            assert failed["status"] == "failed" and failed["attempt"] == 1
-            assert "non-finite" in failed["error"] and "iteration" in failed["error"]
-            _wait(
-                lambda: (client.job(long["id"])["progress"] or {}).get("iteration", 0) >= 3,
-                DEADLINE_S,
-                "progress",
-            )
-            client.cancel(long["id"])
-            cancelled = client.wait(long["id"], timeout_s=DEADLINE_S)
-            assert cancelled["status"] == "cancelled" and cancelled["error"] is None
-            assert (data_dir / "jobs" / long["id"] / "checkpoints" / "last.pt").exists()
-            assert cancelled["progress"]["iteration"] < cancelled["progress"]["max_iters"]
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
+    with _worker(data_dir, tmp_path / "worker.log"), Client(url, api_key=API_KEY) as client:
+        train = client.upload_dataset(shapes["train"], shapes["images"], name="train")
+        diverging = client.create_job(
+            train_dataset_id=train["id"], recipe="shapes_tiny", priority=10,
+            overrides=["solver.optimizer=sgd", "solver.lr=1e6", "solver.warmup_iters=0",
+                       "solver.clip_grad_norm=null", "data.train_min_sizes=[96]",
+                       "data.eval_min_size=96", "data.max_size=96"],
+        )  # fmt: skip
+        long = client.create_job(
+            train_dataset_id=train["id"], recipe="shapes_tiny", recipe_overrides=SIZES
+        )
+        failed = client.wait(diverging["id"], timeout_s=DEADLINE_S)
+        assert failed["status"] == "failed" and failed["attempt"] == 1
+        assert "non-finite" in failed["error"] and "iteration" in failed["error"]
+        _wait(
+            lambda: (client.job(long["id"])["progress"] or {}).get("iteration", 0) >= 3,
+            DEADLINE_S,
+            "progress",
+        )
+        client.cancel(long["id"])
+        cancelled = client.wait(long["id"], timeout_s=DEADLINE_S)
+        assert cancelled["status"] == "cancelled" and cancelled["error"] is None
+        assert (data_dir / "jobs" / long["id"] / "checkpoints" / "last.pt").exists()
+        assert cancelled["progress"]["iteration"] < cancelled["progress"]["max_iters"]
 
 
 @pytest.mark.slow
@@ -245,12 +240,8 @@ def test_sigterm_checkpoints_and_releases_for_the_next_worker(
             "state"
         ]["iteration"]
         assert stopped_at >= 2  # no periodic checkpoint was due: this one was written on SIGTERM
-        second = _start(["worker"], data_dir, tmp_path / "worker2.log")
-        try:
+        with _worker(data_dir, tmp_path / "worker2.log"):
             done = client.wait(job["id"], timeout_s=DEADLINE_S)
-        finally:
-            second.terminate()
-            second.wait(timeout=60)
         assert done["status"] == "succeeded" and done["attempt"] == 2
         starts = [e["data"]["iteration"] for e in client.events(job["id"]) if e["event"] == "start"]
         assert starts == [0, stopped_at]

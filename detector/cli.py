@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from detector.artifact import save_model_file
 from detector.config import RecipeError, load_recipe
 from detector.data.shapes import SHAPES, ShapesSpec, make_shapes_splits
 from detector.data.validate import DatasetError, load_coco, validate_coco
@@ -23,9 +24,10 @@ from detector.draw import draw_detections
 from detector.engine.callbacks import JsonlEvents, ProgressBar
 from detector.engine.checkpoint import BEST, LAST
 from detector.engine.trainer import AnchorFitWarning, NonFiniteLossError, fit
+from detector.export import ExportMismatchError, export_onnx
 from detector.model.anchor_fit import anchor_fit
 from detector.model.weights import WeightsError
-from detector.predict import Predictor, read_rgb
+from detector.predict import PredictOptions, Predictor, read_rgb
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -121,13 +123,32 @@ def build_parser(*, extra: AddCommands | None = None) -> argparse.ArgumentParser
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("predict", help="detect objects in images (JSON on stdout)")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("model", type=Path, help="a model file (.safetensors) or a checkpoint (.pt)")
     p.add_argument("images", type=Path, nargs="+")
-    p.add_argument("--score-threshold", type=float, default=0.3)
+    p.add_argument(
+        "--score-threshold",
+        default="best_f1",
+        help="a number in [0, 1], or best_f1: each class's best-F1 threshold from validation",
+    )
+    p.add_argument("--nms-iou", type=float, default=None)
+    p.add_argument("--max-detections", type=int, default=None)
+    p.add_argument("--classes", type=int, nargs="+", default=None, metavar="CATEGORY_ID")
+    p.add_argument("--tile-size", type=int, default=None, help="tiled inference (pixels)")
+    p.add_argument("--tile-overlap", type=float, default=0.25)
     p.add_argument(
         "--draw", type=Path, default=None, metavar="DIR", help="also write PNGs with boxes here"
     )
     p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("export", help="write a model file (safetensors) or an ONNX graph")
+    p.add_argument("model", type=Path, help="a model file (.safetensors) or a checkpoint (.pt)")
+    p.add_argument("--format", choices=("safetensors", "onnx"), required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--images", type=Path, nargs="+", default=None, help="sample images for the ONNX check"
+    )
+    p.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"))
+    p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("anchors", help="per-class anchor fit (best possible recall) for a recipe")
     p.add_argument("recipe", type=Path)
@@ -218,15 +239,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    predictor = Predictor.load(args.checkpoint)
+    predictor = Predictor.load(args.model)
+    threshold = args.score_threshold
+    try:
+        options = PredictOptions(
+            score_threshold=threshold if threshold == "best_f1" else float(threshold),
+            nms_iou=args.nms_iou,
+            max_detections=args.max_detections,
+            class_ids=args.classes,
+            tile_size=args.tile_size,
+            tile_overlap=args.tile_overlap,
+        )
+        predictor.check(options)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise CliError(f"invalid prediction options: {exc}") from None
     results = []
     for path in args.images:
         image = read_rgb(path)
-        detections = predictor.predict([image], score_threshold=args.score_threshold)[0]
+        detections = predictor.predict([image], options)[0]
         results.append({"image": str(path), "detections": [d.model_dump() for d in detections]})
         if args.draw is not None:
             draw_detections(image, detections, args.draw / f"{path.stem}.png")
     print(json.dumps(results, indent=2))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "safetensors":
+        if args.model.suffix == ".safetensors":
+            raise CliError(f"{args.model} is already a model file")
+        save_model_file(args.model, args.out)
+        print(f"wrote {args.out}")
+        return EXIT_OK
+    if not args.images:
+        raise CliError("--images: the ONNX export is checked against PyTorch on sample images")
+    predictor = Predictor.load(args.model, device="cpu")
+    size = tuple(args.input_size) if args.input_size else None
+    try:
+        export = export_onnx(
+            predictor, args.out, sample_images=[read_rgb(p) for p in args.images], input_size=size
+        )
+    except ExportMismatchError as exc:
+        raise CliError(f"export refused: {exc}") from None
+    print(f"wrote {export.path} (input {export.input_size[0]}x{export.input_size[1]})")
+    print(export.report.summary())
     return EXIT_OK
 
 

@@ -1,26 +1,41 @@
-"""``Predictor``: a trained model as a function from images to COCO-style detections."""
+"""``Predictor``: a trained model as a function from images to COCO-style detections.
+
+Each call chooses its own score threshold (a number, or the per-class thresholds with the best
+F1 on the validation set), NMS IoU, detection count, class filter, and optional tiling for
+large images with small objects. Several calls' images can share one forward pass
+(:meth:`Predictor.predict_many`), which is how the service batches concurrent requests.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.models.detection import RetinaNet
+from torchvision.ops import batched_nms
 
-from detector.config import DataConfig, TrainConfig
+from detector.artifact import ModelCard, card_from_checkpoint, read_model_file
 from detector.data.coco import CocoDetection
 from detector.data.transforms import build_transforms
 from detector.engine.checkpoint import load_checkpoint
 from detector.engine.trainer import resolve_device
 from detector.evaluate.coco import CocoMetrics
-from detector.evaluate.runner import evaluate, to_original_xywh
+from detector.evaluate.runner import evaluate
 from detector.model.build import build_model
+from detector.model.postprocess import (
+    DenseRetinaNet,
+    Detections,
+    SelectOptions,
+    pad_batch,
+    select_detections,
+)
 
 
 class DetectionOut(BaseModel):
@@ -34,101 +49,233 @@ class DetectionOut(BaseModel):
     score: float
 
 
+class PredictOptions(BaseModel):
+    """Per-call inference settings; ``None`` means the model's recipe value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    score_threshold: Annotated[float, Field(ge=0, le=1)] | Literal["best_f1"] = "best_f1"
+    """A number, or ``"best_f1"``: each class's threshold with the best F1 on the validation
+    set (the recipe's ``score_thresh`` for a class that has none)."""
+    nms_iou: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_detections: Annotated[int, Field(gt=0, le=10_000)] | None = None
+    class_ids: tuple[int, ...] | None = None
+    """Keep only these COCO category ids (None: all)."""
+    tile_size: Annotated[int, Field(ge=64)] | None = None
+    """Cut images larger than this (pixels, each side) into overlapping square tiles, detect
+    on each at the model's evaluation scale, and merge with NMS."""
+    tile_overlap: Annotated[float, Field(ge=0, lt=1)] = 0.25
+
+
 @dataclass(frozen=True)
-class ClassInfo:
-    id: int
-    name: str
+class _Crop:
+    """A region of an original image, resized as in evaluation."""
+
+    call: int
+    image: int
+    x0: int
+    y0: int
+    scale_x: float
+    scale_y: float
+    pixels: Tensor  # float[3, h, w] in [0, 1]
 
 
 class Predictor:
     """Runs a RetinaNet on raw images: resize as in evaluation, detect, map back."""
 
     def __init__(
-        self,
-        *,
-        model: RetinaNet,
-        classes: Sequence[ClassInfo],
-        data: DataConfig,
-        device: torch.device,
+        self, *, model: RetinaNet, card: ModelCard, device: torch.device, max_batch: int = 8
     ) -> None:
         self.model = model.eval().to(device)
-        self.classes = tuple(classes)
-        self.data = data
-        self.transforms = build_transforms(data, train=False)
+        self.dense = DenseRetinaNet(self.model).eval().to(device)
+        self.card = card
         self.device = device
+        self.max_batch = max_batch
+        self.transforms = build_transforms(card.recipe.data, train=False)
+        self._index = {c.id: i for i, c in enumerate(card.classes)}
 
     @classmethod
-    def load(cls, checkpoint: Path, *, device: str = "auto") -> Predictor:
-        """From one of our checkpoints (``last.pt`` / ``best.pt``); no other file is needed."""
-        ckpt = load_checkpoint(checkpoint)
-        cfg = TrainConfig.model_validate(ckpt["recipe"])
-        classes = [ClassInfo(id=int(c["id"]), name=str(c["name"])) for c in ckpt["classes"]]
-        # The checkpoint holds every weight; the recipe's initial-weight files are not needed.
-        model_cfg = cfg.model.model_copy(update={"weights": None, "backbone_weights": None})
-        model = build_model(model_cfg, cfg.loss, num_classes=len(classes))
-        model.load_state_dict(ckpt["model"])
-        return cls(model=model, classes=classes, data=cfg.data, device=resolve_device(device))
+    def load(cls, path: Path, *, device: str = "auto") -> Predictor:
+        """From a model file (``.safetensors``) or one of our checkpoints (``.pt``)."""
+        if path.suffix == ".safetensors":
+            card, state = read_model_file(path)
+        else:
+            ckpt = load_checkpoint(path)
+            card, state = card_from_checkpoint(ckpt), ckpt["model"]
+        # The file holds every weight; the recipe's initial-weight files are not needed.
+        model_cfg = card.recipe.model.model_copy(update={"weights": None, "backbone_weights": None})
+        model = build_model(model_cfg, card.recipe.loss, num_classes=len(card.classes))
+        model.load_state_dict(state)
+        return cls(model=model, card=card, device=resolve_device(device))
+
+    def check(self, options: PredictOptions) -> None:
+        """``ValueError`` for options that name classes the model does not have."""
+        unknown = sorted(set(options.class_ids or ()) - set(self._index))
+        if unknown:
+            raise ValueError(
+                f"unknown class ids {unknown}; the model's classes: "
+                + ", ".join(f"{c.id} ({c.name})" for c in self.card.classes)
+            )
+
+    def predict(
+        self, images: Sequence[Tensor], options: PredictOptions | None = None
+    ) -> list[list[DetectionOut]]:
+        """Detections for each image (uint8[3, H, W] RGB, as decoded from files)."""
+        return self.predict_many([(images, options or PredictOptions())])[0]
 
     @torch.no_grad()
-    def predict(
-        self, images: Sequence[Tensor], *, score_threshold: float = 0.0
-    ) -> list[list[DetectionOut]]:
-        """Detections for each image.
+    def predict_many(
+        self, calls: Sequence[tuple[Sequence[Tensor], PredictOptions]]
+    ) -> list[list[list[DetectionOut]]]:
+        """Several calls' images through shared forward passes; results per call, per image."""
+        for _, options in calls:
+            self.check(options)
+        crops = [
+            crop
+            for c, (images, options) in enumerate(calls)
+            for i, image in enumerate(images)
+            for crop in self._crops(c, i, image, options.tile_size, options.tile_overlap)
+        ]
+        found: dict[tuple[int, int], list[Detections]] = {}
+        for start in range(0, len(crops), self.max_batch):
+            chunk = crops[start : start + self.max_batch]
+            for crop, dets in zip(chunk, self._detect(chunk, calls), strict=True):
+                found.setdefault((crop.call, crop.image), []).append(dets)
+        return [
+            [self._finish(found[(c, i)], options) for i in range(len(images))]
+            for c, (images, options) in enumerate(calls)
+        ]
 
-        Args:
-            images: uint8[3, H, W] RGB tensors, as decoded from files.
-            score_threshold: drop detections scoring below this (the model's own
-                ``score_thresh`` from the recipe applies first).
-        """
-        inputs = [self.transforms(tv_tensors.Image(img)) for img in images]
-        outputs = self.model([x.to(self.device) for x in inputs])
-        results = []
-        for image, x, out in zip(images, inputs, outputs, strict=True):
-            xywh = to_original_xywh(
-                out["boxes"].float().cpu(),
-                input_hw=(x.shape[-2], x.shape[-1]),
-                original_hw=(image.shape[-2], image.shape[-1]),
-            )
-            dets = []
-            for box, score, label in zip(
-                xywh.tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True
-            ):
-                if score < score_threshold:
-                    continue
-                info = self.classes[label]
-                dets.append(
-                    DetectionOut(
-                        category_id=info.id,
-                        category_name=info.name,
-                        bbox=(box[0], box[1], box[2], box[3]),
-                        score=score,
-                    )
+    def _crops(
+        self, call: int, index: int, image: Tensor, tile: int | None, overlap: float
+    ) -> list[_Crop]:
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        if tile is None or (height <= tile and width <= tile):
+            windows = [(0, 0, width, height)]
+        else:
+            step = max(1, int(tile * (1 - overlap)))
+            windows = [
+                (x, y, min(x + tile, width), min(y + tile, height))
+                for y in _starts(height, tile, step)
+                for x in _starts(width, tile, step)
+            ]
+        crops = []
+        for x0, y0, x1, y1 in windows:
+            pixels = self.transforms(tv_tensors.Image(image[:, y0:y1, x0:x1]))
+            crops.append(
+                _Crop(
+                    call=call,
+                    image=index,
+                    x0=x0,
+                    y0=y0,
+                    scale_x=(x1 - x0) / pixels.shape[-1],
+                    scale_y=(y1 - y0) / pixels.shape[-2],
+                    pixels=pixels.as_subclass(Tensor),
                 )
-            results.append(dets)
+            )
+        return crops
+
+    def _detect(
+        self, crops: Sequence[_Crop], calls: Sequence[tuple[Sequence[Tensor], PredictOptions]]
+    ) -> list[Detections]:
+        """One forward over the crops; boxes in original-image pixels (xyxy)."""
+        batch, sizes = pad_batch(
+            [c.pixels for c in crops],
+            size_divisible=self.dense.size_divisible,
+            pad_value=self.dense.pad_value,
+        )
+        boxes, scores = self.dense(batch.to(self.device))
+        per_level = self.dense.anchors_per_level(batch.shape[-2], batch.shape[-1])
+        out = []
+        for crop, size, b, s in zip(
+            crops, sizes, boxes.float().cpu(), scores.float().cpu(), strict=True
+        ):
+            dets = select_detections(
+                b, s, anchors_per_level=per_level, image_size=size,
+                options=self._select_options(calls[crop.call][1]),
+            )  # fmt: skip
+            scale = dets.boxes.new_tensor([crop.scale_x, crop.scale_y] * 2)
+            offset = dets.boxes.new_tensor([crop.x0, crop.y0] * 2)
+            out.append(
+                Detections(
+                    boxes=dets.boxes * scale + offset, scores=dets.scores, labels=dets.labels
+                )
+            )
+        return out
+
+    def _select_options(self, options: PredictOptions) -> SelectOptions:
+        model = self.card.recipe.model
+        floor = model.score_thresh
+        if options.score_threshold != "best_f1":
+            floor = options.score_threshold
+        elif self.card.score_thresholds:  # the lowest class threshold; the rest is filtered later
+            floor = min(floor, *self.card.score_thresholds.values())
+        return SelectOptions(
+            score_threshold=floor,
+            topk_candidates=model.topk_candidates,
+            nms_iou=options.nms_iou or model.nms_thresh,
+            max_detections=options.max_detections or model.detections_per_img,
+        )
+
+    def _finish(self, parts: list[Detections], options: PredictOptions) -> list[DetectionOut]:
+        """Merge an image's crops (NMS across tiles), then apply thresholds and class filter."""
+        select = self._select_options(options)
+        boxes = torch.cat([p.boxes for p in parts])
+        scores = torch.cat([p.scores for p in parts])
+        labels = torch.cat([p.labels for p in parts])
+        if len(parts) > 1:
+            keep = batched_nms(boxes, scores, labels, select.nms_iou)[: select.max_detections]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        wanted = set(options.class_ids) if options.class_ids is not None else None
+        results = []
+        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True):
+            info = self.card.classes[label]
+            if wanted is not None and info.id not in wanted:
+                continue
+            if score < self._threshold(info.id, options):
+                continue
+            x0, y0, x1, y1 = box
+            results.append(
+                DetectionOut(
+                    category_id=info.id,
+                    category_name=info.name,
+                    bbox=(x0, y0, x1 - x0, y1 - y0),
+                    score=score,
+                )
+            )
         return results
+
+    def _threshold(self, category_id: int, options: PredictOptions) -> float:
+        if options.score_threshold != "best_f1":
+            return options.score_threshold
+        return self.card.score_thresholds.get(category_id, self.card.recipe.model.score_thresh)
 
     def evaluate(
         self, annotations: Path, image_dir: Path, *, strict: bool = False, batch_size: int = 8
     ) -> CocoMetrics:
         """COCO metrics on a dataset whose categories must be the model's."""
         dataset = CocoDetection.from_files(
-            annotations,
-            image_dir,
-            strict=strict,
-            transforms=build_transforms(self.data, train=False),
+            annotations, image_dir, strict=strict, transforms=self.transforms
         )
-        if dataset.category_ids != tuple(c.id for c in self.classes):
+        ours = tuple(c.id for c in self.card.classes)
+        if dataset.category_ids != ours:
             raise ValueError(
-                f"dataset categories {dataset.category_ids} differ from the model's "
-                f"{tuple(c.id for c in self.classes)}"
+                f"dataset categories {dataset.category_ids} differ from the model's {ours}"
             )
         return evaluate(self.model, dataset, device=self.device, batch_size=batch_size)
 
     def predict_files(
-        self, paths: Sequence[Path], *, score_threshold: float = 0.0
+        self, paths: Sequence[Path], options: PredictOptions | None = None
     ) -> list[list[DetectionOut]]:
-        images = [read_rgb(p) for p in paths]
-        return self.predict(images, score_threshold=score_threshold)
+        return self.predict([read_rgb(p) for p in paths], options)
+
+
+def _starts(length: int, tile: int, step: int) -> list[int]:
+    """Window starts covering ``[0, length)`` with windows of ``tile``; the last one flush."""
+    starts = list(range(0, max(1, length - tile + 1), step))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
 
 
 def read_rgb(path: Path) -> Tensor:

@@ -137,6 +137,9 @@ class Checkpointer(Callback):
 
     def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
         payload = trainer.checkpoint()
+        if event.metrics is not None:
+            # The model file's per-class score thresholds are read from these.
+            payload["val_metrics"] = event.metrics.model_dump(mode="json")
         save_atomic(payload, self.directory / LAST)
         value = metric_value(event, self.metric)
         if value is None:

@@ -122,6 +122,16 @@ def test_train_eval_predict(shapes: Path, tmp_path: Path) -> None:
         assert 0.0 <= det["score"] <= 1.0
     assert (drawn / f"{image.stem}.png").stat().st_size > 0
 
+    # The model file predicts as the checkpoint it was exported from.
+    model_file = tmp_path / "model.safetensors"
+    _run("export", out / "checkpoints" / "best.pt", "--format", "safetensors", "--out", model_file)
+    again = _run("predict", model_file, image, "--score-threshold", "0.0")
+    assert json.loads(again.stdout)[0]["detections"] == result["detections"]
+    proc = _run("export", model_file, "--format", "onnx", "--out", tmp_path / "m.onnx", check=False)
+    assert proc.returncode == 1 and "--images" in proc.stderr
+    proc = _run("predict", model_file, image, "--classes", "9", check=False)
+    assert proc.returncode == 1 and "unknown class ids [9]" in proc.stderr
+
     proc = _run("predict", out / "checkpoints" / "best.pt", tmp_path / "missing.png", check=False)
     assert proc.returncode == 1 and "image not found" in proc.stderr
 

@@ -7,40 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from detector.config import TrainConfig, load_recipe
+from detector.config import TrainConfig
 from detector.data.coco import CocoDetection
-from detector.data.shapes import ShapesSpec, make_shapes_splits
 from detector.data.transforms import build_transforms
-from detector.engine.callbacks import Callback, JsonlEvents, StepEvent, Trainer
+from detector.engine.callbacks import Callback, StepEvent, Trainer
 from detector.engine.checkpoint import BEST, LAST, load_checkpoint
 from detector.engine.trainer import NonFiniteLossError, fit
 from detector.evaluate.runner import evaluate
 from detector.model.build import build_model
 from detector.predict import Predictor
+from tests.trained import TrainedRun, shapes_recipe
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes_splits(
-        root, ShapesSpec(num_images=1, size_px=96, seed=3), splits=[("train", 48), ("val", 16)]
-    )
-    return root
-
-
-def _recipe(shapes: Path, *overrides: str) -> TrainConfig:
-    data = [
-        f"data.train.annotations={shapes / 'annotations/instances_train.json'}",
-        f"data.train.images={shapes / 'images'}",
-        f"data.val.annotations={shapes / 'annotations/instances_val.json'}",
-        f"data.val.images={shapes / 'images'}",
-        "data.train_min_sizes=[96]",
-        "data.eval_min_size=96",
-        "data.max_size=96",
-    ]
-    return load_recipe(CONFIGS / "shapes_tiny.yaml", [*data, *overrides])
+_recipe = shapes_recipe
 
 
 class StopAt(Callback):
@@ -55,13 +33,12 @@ class StopAt(Callback):
 
 
 @pytest.mark.slow
-def test_training_learns_far_beyond_an_untrained_model(shapes: Path, tmp_path: Path) -> None:
-    cfg = _recipe(shapes, "eval.period_epochs=10")  # the recipe's 20 epochs: 120 iterations
-    result = fit(cfg, tmp_path, callbacks=[JsonlEvents(path=tmp_path / "events.jsonl")])
+def test_training_learns_far_beyond_an_untrained_model(trained_run: TrainedRun) -> None:
+    cfg, result, workdir = trained_run.cfg, trained_run.result, trained_run.workdir
     assert result.metrics is not None and result.iterations == 120
     torch.manual_seed(0)
     untrained = build_model(cfg.model, cfg.loss, num_classes=3)
-    predictor = Predictor.load(tmp_path / "checkpoints" / LAST)
+    predictor = Predictor.load(workdir / "checkpoints" / LAST)
     assert cfg.data.val is not None
     baseline = evaluate(untrained, _val_set(cfg), device=torch.device("cpu"), batch_size=8).value(
         "AP50"
@@ -71,10 +48,10 @@ def test_training_learns_far_beyond_an_untrained_model(shapes: Path, tmp_path: P
     assert baseline < 0.02, baseline
     assert trained > 0.15, result.metrics.to_table()
     # Checkpoints and events are there, and the predictor scores the same as the loop did.
-    assert (tmp_path / "checkpoints" / BEST).exists()
+    assert (workdir / "checkpoints" / BEST).exists()
     again = predictor.evaluate(cfg.data.val.annotations, cfg.data.val.images)
     assert again.value("AP50") == pytest.approx(trained, abs=1e-9)
-    events = (tmp_path / "events.jsonl").read_text().splitlines()
+    events = (workdir / "events.jsonl").read_text().splitlines()
     assert sum('"type": "step"' in e for e in events) == 120 and '"type": "end"' in events[-1]
 
 

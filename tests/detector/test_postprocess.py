@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torchvision.models.detection import RetinaNet
 
 from detector.config import load_recipe
 from detector.model.build import build_model
@@ -10,7 +11,7 @@ from detector.model.postprocess import DenseRetinaNet, SelectOptions, pad_batch,
 from tests.trained import CONFIGS
 
 
-def _model_and_images() -> tuple[torch.nn.Module, list[torch.Tensor]]:
+def _model_and_images() -> tuple[RetinaNet, list[torch.Tensor]]:
     torch.manual_seed(0)
     cfg = load_recipe(CONFIGS / "shapes_tiny.yaml")
     model = build_model(cfg.model, cfg.loss, num_classes=3).eval()
@@ -19,7 +20,7 @@ def _model_and_images() -> tuple[torch.nn.Module, list[torch.Tensor]]:
     return model, [torch.rand(3, 100, 120), torch.rand(3, 128, 96)]
 
 
-def _dense(model: torch.nn.Module, images: list[torch.Tensor]):
+def _dense(model: RetinaNet, images: list[torch.Tensor]):
     dense = DenseRetinaNet(model).eval()
     batch, sizes = pad_batch(images, size_divisible=dense.size_divisible, pad_value=dense.pad_value)
     with torch.no_grad():

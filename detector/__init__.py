@@ -3,6 +3,7 @@
 No web code lives here. The service reaches the ML only through the names below.
 """
 
+from detector.artifact import ModelCard, ModelFileError, read_card, save_model_file, sha256_file
 from detector.config import RecipeError, TrainConfig, load_recipe, recipe_from_dict
 from detector.data.validate import (
     CleanCoco,
@@ -14,7 +15,8 @@ from detector.data.validate import (
 from detector.engine.callbacks import Callback, EpochEvent, StepEvent
 from detector.engine.trainer import FitResult, NonFiniteLossError, fit
 from detector.evaluate.coco import CocoMetrics
-from detector.predict import DetectionOut, Predictor
+from detector.export import ExportMismatchError, OnnxExport, ParityReport, export_onnx
+from detector.predict import DetectionOut, PredictOptions, Predictor, read_rgb
 
 __all__ = [
     "Callback",
@@ -23,16 +25,27 @@ __all__ = [
     "DatasetError",
     "DetectionOut",
     "EpochEvent",
+    "ExportMismatchError",
     "FitResult",
+    "ModelCard",
+    "ModelFileError",
     "NonFiniteLossError",
+    "OnnxExport",
+    "ParityReport",
+    "PredictOptions",
     "Predictor",
     "RecipeError",
     "StepEvent",
     "TrainConfig",
     "ValidationReport",
+    "export_onnx",
     "fit",
     "load_coco",
     "load_recipe",
+    "read_card",
+    "read_rgb",
     "recipe_from_dict",
+    "save_model_file",
+    "sha256_file",
     "validate_coco",
 ]

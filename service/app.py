@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from service.api import datasets, health, jobs
+from detector import Predictor
+from service.api import datasets, health, jobs, models
 from service.api.deps import require_api_key
 from service.errors import install_error_handlers
+from service.inference import BatchingRunner, ModelCache
 from service.settings import Settings
 from service.store.db import make_engine, migrate, session_factory
 
@@ -25,9 +28,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.sessions = session_factory(engine)
         # Streams and health checks only read: on SQLite they must not hold the write lock.
         app.state.read_sessions = session_factory(engine, read_only=True)
+        app.state.models = model_cache(settings)
         try:
             yield
         finally:
+            app.state.models.close()
             engine.dispose()
 
     app = FastAPI(title="RetinaNet training service", version="0.1.0", lifespan=lifespan)
@@ -37,4 +42,23 @@ def create_app(settings: Settings) -> FastAPI:
     protected = [Depends(require_api_key)]
     app.include_router(datasets.router, dependencies=protected)
     app.include_router(jobs.router, dependencies=protected)
+    app.include_router(models.router, dependencies=protected)
     return app
+
+
+def model_cache(settings: Settings) -> ModelCache:
+    """The bounded cache of loaded models, each behind a batching runner."""
+
+    def make_runner(weights: Path) -> BatchingRunner:
+        return BatchingRunner(
+            Predictor.load(weights, device=settings.predict_device),
+            max_batch=settings.predict_max_batch,
+            max_delay_s=settings.predict_max_delay_ms / 1000,
+            queue_size=settings.predict_queue_size,
+        )
+
+    return ModelCache(
+        max_models=settings.model_cache_models,
+        max_bytes=settings.model_cache_mb * 1024 * 1024,
+        make_runner=make_runner,
+    )

@@ -19,14 +19,17 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """An error with its HTTP status and stable code, raised by route helpers."""
 
-    def __init__(self, status_code: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
-        self.status_code, self.code, self.message, self.details = (
-            status_code,
-            code,
-            message,
-            details,
-        )
+        self.status_code, self.code, self.message = status_code, code, message
+        self.details, self.headers = details, headers
 
 
 def error_response(
@@ -43,7 +46,7 @@ def error_response(
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message, exc.details)
+        return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:

@@ -126,3 +126,65 @@ class MetricsPublic(_Body):
     latest: dict[str, Any] | None = Field(description="the last validation COCO metrics")
     test: dict[str, Any] | None = Field(description="test-set COCO metrics of the best checkpoint")
     history: list[EpochMetrics]
+
+
+class ModelClass(_Body):
+    id: int = Field(description="COCO category id")
+    name: str
+    score_threshold: float | None = Field(
+        description="the score with the best F1 on the validation set (None: never correct)"
+    )
+
+
+class ModelPublic(_Body):
+    id: str
+    name: str
+    job_id: str | None
+    classes: list[ModelClass]
+    recipe: dict[str, Any]
+    metrics: dict[str, Any] | None = Field(description="COCO metrics (see metrics_split)")
+    metrics_split: Literal["test", "val"] | None
+    weights_sha256: str
+    weights_bytes: int
+    created_at: datetime
+
+
+class ModelsPublic(_Body):
+    data: list[ModelPublic]
+    count: int
+
+
+class Detection(_Body):
+    category_id: int
+    category_name: str
+    bbox: tuple[float, float, float, float] = Field(description="[x, y, w, h], original pixels")
+    score: float
+
+
+class ImageDetections(_Body):
+    file: str
+    width: int
+    height: int
+    detections: list[Detection]
+
+
+class PredictPublic(_Body):
+    model_id: str
+    images: list[ImageDetections]
+
+
+class ExportRequest(_Body):
+    format: Literal["onnx"] = "onnx"
+    input_size: tuple[int, int] | None = Field(
+        default=None, description="(H, W) of the graph's input; default: the recipe's longest side"
+    )
+
+
+class ExportPublic(_Body):
+    model_id: str
+    format: Literal["onnx"]
+    input_size: tuple[int, int]
+    sha256: str
+    bytes: int
+    parity: dict[str, Any] = Field(description="onnxruntime vs PyTorch on sample images")
+    download: str = Field(description="GET this path for the file")

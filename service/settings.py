@@ -38,6 +38,22 @@ class Settings(BaseSettings):
     max_attempts: Annotated[int, Field(gt=0)] = 3
     worker_stale_s: Annotated[float, Field(gt=0)] = 120.0
     """/health/ready fails when no worker was seen for this long."""
+    predict_device: str = "auto"
+    """Where the API runs inference: ``auto`` (CUDA when present), ``cpu``, ``cuda:0``..."""
+    model_cache_models: Annotated[int, Field(gt=0)] = 2
+    """Models kept loaded for prediction (least recently used evicted first)."""
+    model_cache_mb: Annotated[int, Field(gt=0)] = 2048
+    """Memory bound of the loaded models' weights."""
+    predict_max_batch: Annotated[int, Field(gt=0)] = 8
+    """Images per forward pass when requests are batched together."""
+    predict_max_delay_ms: Annotated[float, Field(ge=0)] = 10.0
+    """How long the first request of a batch waits for others to join it."""
+    predict_queue_size: Annotated[int, Field(gt=0)] = 32
+    """Requests waiting per model; beyond that the API answers 503 with Retry-After."""
+    predict_max_files: Annotated[int, Field(gt=0)] = 16
+    predict_max_file_mb: Annotated[int, Field(gt=0)] = 32
+    predict_max_pixels: Annotated[int, Field(gt=0)] = 40_000_000
+    """Larger images are refused before decoding (decompression bombs)."""
 
     @field_validator("api_key_hashes", mode="before")
     @classmethod

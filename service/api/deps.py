@@ -1,4 +1,5 @@
-"""``Annotated`` dependencies: settings, storage, a database session, the API key check."""
+"""``Annotated`` dependencies: settings, storage, a database session, the model cache, the API
+key check."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.inference import ModelCache
 from service.settings import Settings, hash_key
 from service.storage import Storage
 
@@ -36,6 +38,14 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_model_cache(request: Request) -> ModelCache:
+    cache: ModelCache = request.app.state.models
+    return cache
+
+
+ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 

@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.store.errors import Conflict, IdempotencyConflict, NotFound, StoreError
 from service.store.leases import (
     Claim,
     HeartbeatResult,
@@ -27,6 +28,7 @@ from service.store.leases import (
     record_event,
     release_job,
 )
+from service.store.model_rows import create_model, delete_model, get_model, list_models
 from service.store.tables import (
     ACTIVE_STATUSES,
     Dataset,
@@ -38,7 +40,7 @@ from service.store.tables import (
     new_id,
 )
 
-# The lease half lives in leases.py; callers use one module, ``repo``.
+# The lease half lives in leases.py, trained models in model_rows.py; callers use ``repo``.
 __all__ = [
     "Claim",
     "Conflict",
@@ -49,43 +51,25 @@ __all__ = [
     "claim_next_job",
     "create_dataset",
     "create_job",
+    "create_model",
     "delete_dataset",
+    "delete_model",
     "epoch_events",
     "events_after",
     "finish_job",
     "get_dataset",
     "get_job",
+    "get_model",
     "heartbeat",
     "last_worker_seen",
     "list_datasets",
     "list_jobs",
+    "list_models",
     "record_event",
     "release_job",
     "request_cancel",
     "worker_seen",
 ]
-
-
-class StoreError(Exception):
-    """Base of the errors raised by this module."""
-
-
-# The API maps these names to HTTP statuses; an "Error" suffix would only add noise there.
-class NotFound(StoreError):  # noqa: N818
-    """A referenced row does not exist; ``what`` names it ("job", "val dataset", ...)."""
-
-    def __init__(self, what: str, ident: str) -> None:
-        super().__init__(f"{what} {ident!r} not found")
-        self.what = what
-        self.ident = ident
-
-
-class Conflict(StoreError):  # noqa: N818
-    """The request contradicts the current state (e.g. cancelling a finished job)."""
-
-
-class IdempotencyConflict(Conflict):
-    """An idempotency key was reused for a different request."""
 
 
 # ---------------------------------------------------------------------------- datasets

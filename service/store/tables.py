@@ -167,3 +167,26 @@ class Worker(Base):
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Model(Base):
+    """The trained model of a succeeded job: its file and what the API shows about it."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    # SET NULL: the model outlives its job's row, as datasets do.
+    job_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    weights_path: Mapped[str] = mapped_column(Text)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    weights_bytes: Mapped[int] = mapped_column(Integer)
+    classes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    recipe: Mapped[dict[str, Any]] = mapped_column(JSON)
+    score_thresholds: Mapped[dict[str, float]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Test-set metrics when the job had a test set, else validation metrics."""
+    metrics_split: Mapped[str | None] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

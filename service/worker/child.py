@@ -8,6 +8,7 @@ over), it stops at once. Exit codes tell the worker what happened.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -22,7 +23,16 @@ from typing import Any
 import yaml
 from sqlalchemy.orm import Session, sessionmaker
 
-from detector import Callback, EpochEvent, Predictor, StepEvent, TrainConfig, fit, load_recipe
+from detector import (
+    Callback,
+    EpochEvent,
+    Predictor,
+    StepEvent,
+    TrainConfig,
+    fit,
+    load_recipe,
+    save_model_file,
+)
 from detector.engine.callbacks import ProgressBar, Trainer, start_payload
 from service.settings import Settings
 from service.storage import Storage
@@ -115,11 +125,13 @@ def run_child(settings: Settings, job_id: str, token: int) -> None:
         if stopper.requested.is_set():
             code = EXIT_STOPPED
         else:
+            best = workdir / "checkpoints" / "best.pt"
+            checkpoint = best if best.exists() else workdir / "checkpoints" / "last.pt"
             test_metrics = None
             if test is not None:
-                best = workdir / "checkpoints" / "best.pt"
-                checkpoint = best if best.exists() else workdir / "checkpoints" / "last.pt"
                 test_metrics = Predictor.load(checkpoint).evaluate(*test).model_dump(mode="json")
+                storage.test_metrics_file(job_id).write_text(json.dumps(test_metrics))
+            save_model_file(checkpoint, storage.model_file(job_id))
             events.record(
                 "end",
                 {

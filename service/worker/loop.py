@@ -8,6 +8,7 @@ checkpoints and exits, and the job is cancelled or released for another worker t
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from detector import read_card, sha256_file
 from service.settings import Settings
 from service.storage import Storage
 from service.store import repo
@@ -121,9 +123,10 @@ class Worker:
                     session, job_id=job_id, token=token, status="cancelled", error=None, now=t
                 )
             elif exitcode == EXIT_OK:
-                repo.finish_job(
+                if repo.finish_job(
                     session, job_id=job_id, token=token, status="succeeded", error=None, now=t
-                )
+                ):
+                    self._register_model(session, job_id)
             elif exitcode == EXIT_STOPPED:
                 repo.release_job(session, job_id=job_id, token=token, now=t)
             elif exitcode == EXIT_FENCED:
@@ -151,6 +154,34 @@ class Worker:
             )  # fmt: skip
         else:
             repo.release_job(session, job_id=claim.job_id, token=claim.token, now=now())
+
+    def _register_model(self, session: Session, job_id: str) -> None:
+        """The succeeded job's model row, in the transaction that marks the job succeeded."""
+        path = self.storage.model_file(job_id)
+        card = read_card(path)
+        test_file = self.storage.test_metrics_file(job_id)
+        if test_file.exists():
+            metrics, split = json.loads(test_file.read_text()), "test"
+        elif card.val_metrics is not None:
+            metrics, split = card.val_metrics.model_dump(mode="json"), "val"
+        else:
+            metrics, split = None, None
+        job = repo.get_job(session, job_id)
+        dataset = repo.get_dataset(session, job.train_dataset_id) if job.train_dataset_id else None
+        repo.create_model(
+            session,
+            job_id=job_id,
+            name=f"{dataset.name if dataset else 'model'} ({job_id[:8]})",
+            weights_path=str(path),
+            weights_sha256=sha256_file(path),
+            weights_bytes=path.stat().st_size,
+            classes=[c.model_dump() for c in card.classes],
+            recipe=card.recipe.model_dump(mode="json"),
+            score_thresholds=card.score_thresholds,
+            metrics=metrics,
+            metrics_split=split,
+            now=now(),
+        )
 
     def _error_text(self, job_id: str) -> str | None:
         path: Path = self.storage.job_dir(job_id) / "error.txt"

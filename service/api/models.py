@@ -1,0 +1,298 @@
+"""``/v1/models``: the models of succeeded jobs; predict, download, export to ONNX."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from detector import (
+    ExportMismatchError,
+    PredictOptions,
+    Predictor,
+    export_onnx,
+    read_rgb,
+    sha256_file,
+)
+from detector.draw import render_png
+from service.api.deps import ModelCacheDep, SessionDep, SettingsDep, StorageDep
+from service.errors import ApiError
+from service.images import decode_upload
+from service.inference import Overloaded
+from service.schemas import (
+    Detection,
+    ErrorBody,
+    ExportPublic,
+    ExportRequest,
+    ImageDetections,
+    ModelClass,
+    ModelPublic,
+    ModelsPublic,
+    PredictPublic,
+)
+from service.settings import Settings
+from service.store import repo
+from service.store.tables import Model
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+_OPTION_FIELDS = ("score_threshold", "nms_iou", "max_detections", "class_ids", "tile_size")
+_PREDICT_DOC = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "score_threshold": {
+                            "type": "string",
+                            "description": "a number in [0, 1], or best_f1 (default)",
+                        },
+                        "nms_iou": {"type": "number"},
+                        "max_detections": {"type": "integer"},
+                        "class_ids": {"type": "string", "description": "comma-separated ids"},
+                        "tile_size": {"type": "integer"},
+                        "tile_overlap": {"type": "number"},
+                        "format": {"type": "string", "enum": ["json", "png"]},
+                    },
+                    "required": ["files"],
+                }
+            }
+        }
+    }
+}
+
+
+def to_public(row: Model) -> ModelPublic:
+    thresholds = {int(k): v for k, v in row.score_thresholds.items()}
+    return ModelPublic(
+        id=row.id,
+        name=row.name,
+        job_id=row.job_id,
+        classes=[
+            ModelClass(id=c["id"], name=c["name"], score_threshold=thresholds.get(c["id"]))
+            for c in row.classes
+        ],
+        recipe=row.recipe,
+        metrics=row.metrics,
+        metrics_split=row.metrics_split,
+        weights_sha256=row.weights_sha256,
+        weights_bytes=row.weights_bytes,
+        created_at=row.created_at,
+    )
+
+
+@router.get("", response_model=ModelsPublic, responses=_ERRORS)
+def list_models(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ModelsPublic:
+    rows, count = repo.list_models(session, limit=limit, offset=offset)
+    return ModelsPublic(data=[to_public(r) for r in rows], count=count)
+
+
+@router.get("/{model_id}", response_model=ModelPublic, responses=_ERRORS)
+def get_model(model_id: str, session: SessionDep) -> ModelPublic:
+    return to_public(repo.get_model(session, model_id))
+
+
+@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
+def delete_model(
+    model_id: str, session: SessionDep, storage: StorageDep, cache: ModelCacheDep
+) -> None:
+    """The row, the weights file and any export; the job's history stays."""
+    row = repo.delete_model(session, model_id)
+    session.commit()
+    cache.drop(model_id)
+    Path(row.weights_path).unlink(missing_ok=True)
+    shutil.rmtree(storage.export_file(model_id, "onnx").parent, ignore_errors=True)
+
+
+@router.get(
+    "/{model_id}/weights",
+    response_class=FileResponse,
+    responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
+)
+def download_weights(model_id: str, session: SessionDep) -> FileResponse:
+    """The model file: safetensors (weights + the card in its metadata), never a pickle."""
+    row = repo.get_model(session, model_id)
+    return FileResponse(
+        row.weights_path,
+        media_type="application/octet-stream",
+        filename=f"model-{model_id}.safetensors",
+        headers={"X-Checksum-SHA256": row.weights_sha256},
+    )
+
+
+@router.post(
+    "/{model_id}/predict",
+    response_model=PredictPublic,
+    responses={
+        **_ERRORS,
+        200: {"content": {"image/png": {}}},
+        413: {"model": ErrorBody},
+        415: {"model": ErrorBody},
+        422: {"model": ErrorBody},
+        503: {"model": ErrorBody},
+    },
+    openapi_extra=_PREDICT_DOC,
+)
+async def predict(
+    model_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    cache: ModelCacheDep,
+) -> Response | PredictPublic:
+    """Detections for one or several images (multipart ``files``), in COCO terms.
+
+    ``format=png`` (one image) returns the image with the boxes drawn instead.
+    """
+    row = repo.get_model(session, model_id)
+    files, fields = await _read_form(request, settings)
+    options = _options(fields)
+    as_png = fields.get("format", "json") == "png"
+    if as_png and len(files) != 1:
+        raise ApiError(422, "invalid_request", "format=png takes exactly one image")
+    max_bytes = settings.predict_max_file_mb * 1024 * 1024
+    images = []
+    for upload in files:
+        data = await upload.read(max_bytes + 1)
+        name = upload.filename or "file"
+        if len(data) > max_bytes:
+            raise ApiError(413, "too_large", f"{name} exceeds {max_bytes} bytes")
+        images.append(decode_upload(name, data, max_pixels=settings.predict_max_pixels))
+    runner = await run_in_threadpool(cache.get, row.id, Path(row.weights_path), row.weights_bytes)
+    try:
+        future = runner.submit(images, options)
+    except Overloaded as exc:
+        raise ApiError(
+            503, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after_s)}
+        ) from None
+    except ValueError as exc:  # options naming classes the model lacks
+        raise ApiError(422, "invalid_request", str(exc)) from None
+    results = await asyncio.wrap_future(future)
+    if as_png:
+        return Response(render_png(images[0], results[0]), media_type="image/png")
+    return PredictPublic(
+        model_id=row.id,
+        images=[
+            ImageDetections(
+                file=upload.filename or "file",
+                width=int(image.shape[-1]),
+                height=int(image.shape[-2]),
+                detections=[Detection.model_validate(d.model_dump()) for d in dets],
+            )
+            for upload, image, dets in zip(files, images, results, strict=True)
+        ],
+    )
+
+
+async def _read_form(
+    request: Request, settings: Settings
+) -> tuple[list[UploadFile], dict[str, str]]:
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", "send images as multipart/form-data")
+    try:
+        form = await request.form(max_files=settings.predict_max_files, max_fields=16)
+    except HTTPException as exc:  # Starlette's multipart limits
+        raise ApiError(413, "too_many_files", str(exc.detail)) from None
+    files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+    if not files:
+        raise ApiError(422, "invalid_request", "multipart field 'files' (one or more images)")
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    return files, fields
+
+
+def _options(fields: dict[str, str]) -> PredictOptions:
+    raw: dict[str, Any] = {k: fields[k] for k in (*_OPTION_FIELDS, "tile_overlap") if k in fields}
+    if "class_ids" in raw:
+        raw["class_ids"] = [c.strip() for c in raw["class_ids"].split(",") if c.strip()]
+    try:
+        return PredictOptions.model_validate(raw)
+    except ValidationError as exc:
+        details = [{"loc": list(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        raise ApiError(422, "invalid_request", "invalid prediction options", details) from None
+
+
+@router.post(
+    "/{model_id}/export",
+    response_model=ExportPublic,
+    responses={**_ERRORS, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+async def export(
+    model_id: str, body: ExportRequest, session: SessionDep, storage: StorageDep
+) -> ExportPublic:
+    """Export to ONNX and check it against PyTorch on images of the model's datasets; an
+    export that disagrees is refused (422, with the comparison) and not kept."""
+    row = repo.get_model(session, model_id)
+    samples = _sample_images(session, row)
+    out = storage.export_file(model_id, body.format)
+    try:
+        result = await run_in_threadpool(
+            lambda: export_onnx(
+                Predictor.load(Path(row.weights_path), device="cpu"),
+                out,
+                sample_images=[read_rgb(p) for p in samples],
+                input_size=body.input_size,
+            )
+        )
+    except ExportMismatchError as exc:
+        raise ApiError(
+            422, "export_mismatch", str(exc), exc.report.model_dump(mode="json")
+        ) from None
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
+    public = ExportPublic(
+        model_id=model_id,
+        format=body.format,
+        input_size=result.input_size,
+        sha256=sha256_file(out),
+        bytes=out.stat().st_size,
+        parity={**result.report.model_dump(mode="json"), "summary": result.report.summary()},
+        download=f"/v1/models/{model_id}/export/{body.format}",
+    )
+    return public
+
+
+@router.get(
+    "/{model_id}/export/onnx",
+    response_class=FileResponse,
+    responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
+)
+def download_export(model_id: str, session: SessionDep, storage: StorageDep) -> FileResponse:
+    repo.get_model(session, model_id)
+    path = storage.export_file(model_id, "onnx")
+    if not path.is_file():
+        raise ApiError(404, "not_found", f"model {model_id!r} has no ONNX export; POST .../export")
+    return FileResponse(
+        path, media_type="application/octet-stream", filename=f"model-{model_id}.onnx"
+    )
+
+
+def _sample_images(session: SessionDep, row: Model, limit: int = 4) -> list[Path]:
+    """A few images of the job's validation (else training) dataset, for the parity check."""
+    job = repo.get_job(session, row.job_id) if row.job_id else None
+    for dataset_id in (job.val_dataset_id, job.train_dataset_id) if job else ():
+        if dataset_id is None:
+            continue
+        dataset = repo.get_dataset(session, dataset_id)
+        coco = json.loads(Path(dataset.annotations_path).read_text())
+        names = [im["file_name"] for im in coco.get("images", [])[:limit]]
+        paths = [Path(dataset.images_path) / n for n in names]
+        if paths and all(p.is_file() for p in paths):
+            return paths
+    raise ApiError(
+        409, "no_sample_images", "the model's datasets are gone: no images for the parity check"
+    )

@@ -1,0 +1,60 @@
+"""Uploaded image bytes -> uint8[3, H, W] tensors, refusing what should not be decoded.
+
+The pixel count is read from the header and checked before anything is decoded, so a
+decompression bomb (a small file claiming a huge canvas) costs nothing. Pillow reads the header
+lazily; ``load()`` then decodes and fails on truncated data instead of padding it with grey.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from service.errors import ApiError
+
+FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP", "TIFF"})
+
+
+def decode_upload(name: str, data: bytes, *, max_pixels: int) -> Tensor:
+    """One uploaded file as uint8[3, H, W] RGB; :class:`ApiError` (4xx) naming the file."""
+    if not data:
+        raise ApiError(422, "invalid_image", f"{name}: the file is empty")
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb check warns (or raises past 2x its limit); ours is below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise ApiError(
+            415, "unsupported_image", f"{name}: not an image in a supported format"
+        ) from None
+    with image:
+        if image.format not in FORMATS:
+            raise ApiError(
+                415,
+                "unsupported_image",
+                f"{name}: format {image.format} is not supported "
+                f"(supported: {', '.join(sorted(FORMATS))})",
+            )
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ApiError(
+                413,
+                "image_too_large",
+                f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels}",
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                rgb = image.convert("RGB")  # decodes; truncated data raises OSError
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ApiError(
+                422, "invalid_image", f"{name}: cannot decode the image: {exc}"
+            ) from None
+    array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

@@ -33,6 +33,8 @@ def decode_upload(name: str, data: bytes, *, max_pixels: int) -> Tensor:
         raise ApiError(
             415, "unsupported_image", f"{name}: not an image in a supported format"
         ) from None
+    except (OSError, SyntaxError, ValueError) as exc:  # a recognised but broken header
+        raise ApiError(422, "invalid_image", f"{name}: cannot read the image: {exc}") from None
     with image:
         if image.format not in FORMATS:
             raise ApiError(

@@ -73,6 +73,10 @@ class BatchingRunner:
             raise Overloaded(retry_after_s=1) from None
         return request.future
 
+    def pending(self) -> int:
+        """Requests waiting in the queue (not the batch being run)."""
+        return self._queue.qsize()
+
     def close(self) -> None:
         """Finish the queued requests, then stop the thread."""
         self._queue.put(_STOP)

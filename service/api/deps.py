@@ -40,6 +40,17 @@ def get_session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+def get_read_session(request: Request) -> Iterator[Session]:
+    """A session that never writes: on SQLite it takes no write lock, so a slow request
+    (inference, an export, a download) never holds up the workers' writes."""
+    factory: sessionmaker[Session] = request.app.state.read_sessions
+    with factory() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+
+
 def get_model_cache(request: Request) -> ModelCache:
     cache: ModelCache = request.app.state.models
     return cache

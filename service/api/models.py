@@ -8,11 +8,13 @@ import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from detector import (
     ExportMismatchError,
@@ -23,7 +25,7 @@ from detector import (
     sha256_file,
 )
 from detector.draw import render_png
-from service.api.deps import ModelCacheDep, SessionDep, SettingsDep, StorageDep
+from service.api.deps import ModelCacheDep, ReadSessionDep, SessionDep, SettingsDep, StorageDep
 from service.errors import ApiError
 from service.images import decode_upload
 from service.inference import Overloaded
@@ -94,7 +96,7 @@ def to_public(row: Model) -> ModelPublic:
 
 @router.get("", response_model=ModelsPublic, responses=_ERRORS)
 def list_models(
-    session: SessionDep,
+    session: ReadSessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ModelsPublic:
@@ -103,7 +105,7 @@ def list_models(
 
 
 @router.get("/{model_id}", response_model=ModelPublic, responses=_ERRORS)
-def get_model(model_id: str, session: SessionDep) -> ModelPublic:
+def get_model(model_id: str, session: ReadSessionDep) -> ModelPublic:
     return to_public(repo.get_model(session, model_id))
 
 
@@ -124,7 +126,7 @@ def delete_model(
     response_class=FileResponse,
     responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
 )
-def download_weights(model_id: str, session: SessionDep) -> FileResponse:
+def download_weights(model_id: str, session: ReadSessionDep) -> FileResponse:
     """The model file: safetensors (weights + the card in its metadata), never a pickle."""
     row = repo.get_model(session, model_id)
     return FileResponse(
@@ -151,7 +153,7 @@ def download_weights(model_id: str, session: SessionDep) -> FileResponse:
 async def predict(
     model_id: str,
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     cache: ModelCacheDep,
 ) -> Response | PredictPublic:
@@ -160,6 +162,7 @@ async def predict(
     ``format=png`` (one image) returns the image with the boxes drawn instead.
     """
     row = repo.get_model(session, model_id)
+    session.close()  # nothing more to read; do not keep a transaction open during inference
     files, fields = await _read_form(request, settings)
     options = _options(fields)
     as_png = fields.get("format", "json") == "png"
@@ -232,12 +235,13 @@ def _options(fields: dict[str, str]) -> PredictOptions:
     responses={**_ERRORS, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 async def export(
-    model_id: str, body: ExportRequest, session: SessionDep, storage: StorageDep
+    model_id: str, body: ExportRequest, session: ReadSessionDep, storage: StorageDep
 ) -> ExportPublic:
     """Export to ONNX and check it against PyTorch on images of the model's datasets; an
     export that disagrees is refused (422, with the comparison) and not kept."""
     row = repo.get_model(session, model_id)
     samples = _sample_images(session, row)
+    session.close()
     out = storage.export_file(model_id, body.format)
     try:
         result = await run_in_threadpool(
@@ -271,7 +275,7 @@ async def export(
     response_class=FileResponse,
     responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
 )
-def download_export(model_id: str, session: SessionDep, storage: StorageDep) -> FileResponse:
+def download_export(model_id: str, session: ReadSessionDep, storage: StorageDep) -> FileResponse:
     repo.get_model(session, model_id)
     path = storage.export_file(model_id, "onnx")
     if not path.is_file():
@@ -281,7 +285,7 @@ def download_export(model_id: str, session: SessionDep, storage: StorageDep) -> 
     )
 
 
-def _sample_images(session: SessionDep, row: Model, limit: int = 4) -> list[Path]:
+def _sample_images(session: Session, row: Model, limit: int = 4) -> list[Path]:
     """A few images of the job's validation (else training) dataset, for the parity check."""
     job = repo.get_job(session, row.job_id) if row.job_id else None
     for dataset_id in (job.val_dataset_id, job.train_dataset_id) if job else ():

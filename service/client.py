@@ -151,3 +151,66 @@ class Client:
                 elif not line.startswith(":"):
                     field, _, value = line.partition(":")
                     event[field] = value.removeprefix(" ")
+
+    # -- models -----------------------------------------------------------------------------
+
+    def models(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        return dict(self._call("GET", "/v1/models", params={"limit": limit, "offset": offset}))
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/models/{model_id}"))
+
+    def model_of_job(self, job_id: str) -> dict[str, Any]:
+        """The model a succeeded job produced."""
+        offset = 0
+        while True:
+            page = self.models(limit=500, offset=offset)
+            for model in page["data"]:
+                if model["job_id"] == job_id:
+                    return dict(model)
+            offset += len(page["data"])
+            if not page["data"] or offset >= page["count"]:
+                raise ApiClientError(404, "not_found", f"job {job_id!r} has no model")
+
+    def delete_model(self, model_id: str) -> None:
+        self._call("DELETE", f"/v1/models/{model_id}")
+
+    def predict(
+        self,
+        model_id: str,
+        images: list[Path],
+        *,
+        score_threshold: float | str | None = None,
+        nms_iou: float | None = None,
+        max_detections: int | None = None,
+        class_ids: list[int] | None = None,
+        tile_size: int | None = None,
+        tile_overlap: float | None = None,
+    ) -> dict[str, Any]:
+        """Detections per image: ``{"model_id", "images": [{"file", "detections": [...]}]}``."""
+        fields = {
+            "score_threshold": score_threshold,
+            "nms_iou": nms_iou,
+            "max_detections": max_detections,
+            "class_ids": None if class_ids is None else ",".join(map(str, class_ids)),
+            "tile_size": tile_size,
+            "tile_overlap": tile_overlap,
+        }
+        data = {k: str(v) for k, v in fields.items() if v is not None}
+        files = [("files", (Path(p).name, Path(p).read_bytes())) for p in images]
+        return dict(self._call("POST", f"/v1/models/{model_id}/predict", files=files, data=data))
+
+    def export(self, model_id: str, *, fmt: str = "onnx") -> dict[str, Any]:
+        """Export and parity-check (may take a minute); returns the report and download path."""
+        return dict(self._call("POST", f"/v1/models/{model_id}/export", json={"format": fmt}))
+
+    def download(self, path: str, out: Path) -> Path:
+        """A file the API serves (``/v1/models/{id}/weights``, an export's ``download``)."""
+        with self._http.stream("GET", path) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._call("GET", path)  # raises with the service's error
+            with Path(out).open("wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+        return Path(out)

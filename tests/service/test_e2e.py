@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -145,6 +146,20 @@ def test_upload_train_follow_and_read_map(
         with pytest.raises(ApiClientError) as err:
             client.cancel(job["id"])
         assert err.value.status == 409
+
+        # The job's model, over real HTTP, detects as `retinanet predict` does on its file.
+        model = client.model_of_job(job["id"])
+        assert model["metrics_split"] == "val" and len(model["classes"]) == 3
+        weights = client.download(f"/v1/models/{model['id']}/weights", tmp_path / "m.safetensors")
+        image = sorted(shapes["images"].glob("val_*.png"))[0]
+        served = client.predict(model["id"], [image], score_threshold=0.1)["images"][0]
+        cli = subprocess.run(
+            [sys.executable, "-m", "service.cli", "predict", str(weights), str(image),
+             "--score-threshold", "0.1"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert served["detections"] == json.loads(cli.stdout)[0]["detections"]
+        assert served["detections"], "the trained model finds shapes"
 
 
 @pytest.mark.slow

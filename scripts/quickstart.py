@@ -108,7 +108,22 @@ def main() -> int:
                 "\nvalidation metrics (GET /v1/jobs/{id}/metrics):\n"
                 + CocoMetrics.model_validate(metrics["latest"]).to_table()
             )
-            return 0 if job["status"] == "succeeded" else 1
+            if job["status"] != "succeeded":
+                return 1
+            model = client.model_of_job(job["id"])
+            image = sorted((data / "images").glob("val_*.png"))[0]
+            found = client.predict(model["id"], [image])["images"][0]["detections"]
+            print(
+                f"\nmodel {model['id']}: POST /v1/models/{{id}}/predict on {image.name} "
+                f"(per-class best-F1 thresholds): {len(found)} detections"
+            )
+            for det in found[:5]:
+                x, y, w, h = det["bbox"]
+                print(
+                    f"  {det['category_name']:<8} {det['score']:.2f} "
+                    f"at [{x:.0f}, {y:.0f}, {w:.0f}, {h:.0f}]"
+                )
+            return 0
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)

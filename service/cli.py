@@ -1,4 +1,4 @@
-"""The ``retinanet`` command with the service's subcommands: serve, worker, hash-key."""
+"""The ``retinanet`` command with the service's subcommands: serve, worker, migrate, hash-key."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser("worker", help="claim and run training jobs (settings: RETINANET_* env)")
     p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("migrate", help="create or upgrade the database schema, then exit")
+    p.set_defaults(handler=cmd_migrate)
 
     p = sub.add_parser("hash-key", help="print the digest to put in RETINANET_API_KEY_HASHES")
     p.add_argument("key")
@@ -64,6 +67,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     _logging()
     _worker_main(Settings())
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from service.store.db import migrate
+
+    settings = Settings()
+    migrate(settings.db_url)
+    print(f"database at head: {settings.db_url.split('@')[-1]}")
     return 0
 
 

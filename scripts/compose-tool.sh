@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs Debian's docker-compose (1.29) when missing: the tests validate compose.yaml with its
+# `config` command, which needs no Docker engine. Needs root or sudo, like scripts/postgres.sh.
+set -euo pipefail
+if command -v docker-compose >/dev/null; then
+  exit 0
+fi
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo -- "$@"; fi
+}
+as_root apt-get update -qq >&2
+as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >&2

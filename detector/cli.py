@@ -217,6 +217,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CliError(
             f"{exc}; the last good checkpoint is kept in {args.out / 'checkpoints'}"
         ) from None
+    if result.rank != 0:  # torchrun: rank 0 reports
+        return EXIT_OK
     print(
         f"trained {result.iterations} iterations ({result.epochs} epochs)"
         + (f"; {result.stop_reason}" if result.stop_reason else "")

@@ -136,6 +136,7 @@ class SolverConfig(_Frozen):
     weight_decay_norm_bias: Annotated[float, Field(ge=0)] | None = 0.0
     """Decay for norm weights and biases; None applies ``weight_decay`` to them too."""
     batch_size: PositiveInt = 16
+    """Images per iteration, all processes of a data-parallel run together."""
     max_iters: PositiveInt | None = None
     epochs: PositiveInt | None = None
     scheduler: Literal["multistep", "cosine"] = "multistep"
@@ -148,6 +149,8 @@ class SolverConfig(_Frozen):
     amp: Literal["off", "fp16", "bf16"] = "off"
     """Mixed precision on CUDA; ignored on the CPU."""
     channels_last: bool = False
+    sync_batchnorm: bool = False
+    """Data-parallel runs on CUDA: BatchNorm statistics over all GPUs' images."""
 
     @model_validator(mode="after")
     def _check_budget(self) -> SolverConfig:

@@ -20,11 +20,21 @@ T = TypeVar("T")
 class EpochBatchSampler(Sampler[list[int]]):
     """Shuffled batches of indices, reproducible per epoch, starting at any batch.
 
-    Call :meth:`set_epoch` (and optionally :meth:`skip`) before iterating.
+    Call :meth:`set_epoch` before iterating. With ``world_size`` > 1 (data-parallel training),
+    ``batch_size`` is the batch of all processes together: every process draws the same
+    batches and keeps its share (``rank``, ``rank + world_size``, ...), so an iteration means
+    the same thing, and resumes at the same place, whatever the number of processes.
     """
 
     def __init__(
-        self, *, num_samples: int, batch_size: int, seed: int, shuffle: bool = True
+        self,
+        *,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if num_samples < 1:
             raise ValueError("cannot batch an empty dataset")
@@ -32,6 +42,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start_batch = 0
 
@@ -50,7 +61,12 @@ class EpochBatchSampler(Sampler[list[int]]):
         else:
             order = list(range(self.num_samples))
         for b in range(self.start_batch, len(self)):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.world_size > 1:
+                # A short last batch is wrapped around so that no process gets nothing.
+                batch = (batch * self.world_size)[: max(len(batch), self.world_size)]
+                batch = batch[self.rank :: self.world_size]
+            yield batch
 
 
 class SeededSamples(Dataset[T], Generic[T]):

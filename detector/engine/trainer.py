@@ -8,6 +8,7 @@ their hooks run inside a ``try`` so that ``on_exception`` always hears about a f
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 import warnings
@@ -18,7 +19,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from torchvision.models.detection import RetinaNet
 
 from detector.config import TrainConfig
 from detector.data.coco import CocoDetection, collate_detection
@@ -33,9 +36,10 @@ from detector.engine.callbacks import (
     TrainState,
 )
 from detector.engine.checkpoint import LAST, load_checkpoint, rng_state, set_rng_state
+from detector.engine.distributed import from_env
 from detector.engine.optim import build_optimizer, build_scheduler, total_iterations
-from detector.evaluate.coco import CocoMetrics
-from detector.evaluate.runner import evaluate, validation_loss
+from detector.evaluate.coco import CocoMetrics, score_detections
+from detector.evaluate.runner import predict_dataset, validation_loss
 from detector.model.anchor_fit import anchor_fit
 from detector.model.build import build_model
 
@@ -57,6 +61,8 @@ class FitResult:
     metrics: CocoMetrics | None
     """The last validation metrics (None without a validation set)."""
     best_metric: float | None
+    rank: int = 0
+    """This process's rank in a data-parallel run (only rank 0 reports and writes)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,11 +83,17 @@ def fit(
     """Train ``cfg`` into ``workdir`` (``checkpoints/last.pt``, ``best.pt``, ``recipe.json``).
 
     With ``resume``, continues exactly from ``checkpoints/last.pt`` when it exists.
+    Under ``torchrun`` each process calls this; they train one model together (see
+    :mod:`detector.engine.distributed`) and only rank 0 writes.
     """
     loop = TrainingLoop(cfg, workdir, callbacks=callbacks)
-    if resume:
-        loop.restore()
-    return loop.run()
+    try:
+        if resume:
+            loop.restore()
+        return loop.run()
+    finally:
+        if loop.dist.enabled:
+            torch.distributed.destroy_process_group()
 
 
 class TrainingLoop:
@@ -92,7 +104,9 @@ class TrainingLoop:
             raise ValueError("the recipe has no data.train dataset")
         self.cfg = cfg
         self.workdir = workdir
-        self.device = resolve_device(cfg.device)
+        requested = resolve_device(cfg.device)
+        self.dist = from_env(requested)
+        self.device = self.dist.device(requested)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.train_set = CocoDetection.from_files(
@@ -108,13 +122,18 @@ class TrainingLoop:
             warnings.warn(self.anchor_fit.to_text(), AnchorFitWarning, stacklevel=2)
         self.seeded = SeededSamples(self.train_set, seed=cfg.seed)
         self.sampler = EpochBatchSampler(
-            num_samples=len(self.train_set), batch_size=cfg.solver.batch_size, seed=cfg.seed
+            num_samples=len(self.train_set),
+            batch_size=cfg.solver.batch_size,
+            seed=cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
         self.model = build_model(cfg.model, cfg.loss, num_classes=self.train_set.num_classes).to(
             self.device
         )
         if cfg.solver.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = self._data_parallel(self.model)
         self.optimizer = build_optimizer(self.model, cfg.solver)
         iters_per_epoch = len(self.sampler)
         self.scheduler = build_scheduler(
@@ -126,20 +145,38 @@ class TrainingLoop:
             max_iters=total_iterations(cfg.solver, iters_per_epoch=iters_per_epoch),
             iters_per_epoch=iters_per_epoch,
         )
-        self.callbacks: list[Callback] = [
-            Checkpointer(
-                directory=workdir / "checkpoints",
-                period_iters=cfg.checkpoint_period_iters,
-                metric=cfg.eval.metric,
-            ),
-        ]
+        # Only rank 0 writes (checkpoints, the caller's events); every rank stops early alike,
+        # since all of them see the same metrics.
+        self.callbacks: list[Callback] = []
+        if self.dist.is_main:
+            self.callbacks.append(
+                Checkpointer(
+                    directory=workdir / "checkpoints",
+                    period_iters=cfg.checkpoint_period_iters,
+                    metric=cfg.eval.metric,
+                )
+            )
         if cfg.early_stopping is not None:
             es = cfg.early_stopping
             self.callbacks.append(
                 EarlyStopping(metric=es.metric, patience=es.patience, min_delta=es.min_delta)
             )
-        self.callbacks.extend(callbacks)
+        if self.dist.is_main:
+            self.callbacks.extend(callbacks)
         self.last_metrics: CocoMetrics | None = None
+
+    def _data_parallel(self, model: RetinaNet) -> nn.Module:
+        """``model`` wrapped for DDP in a multi-process run (gradients averaged over ranks)."""
+        if not self.dist.enabled:
+            single: nn.Module = model
+            return single
+        if self.cfg.solver.sync_batchnorm and self.device.type == "cuda":
+            # Replaces the BatchNorm children in place (the RetinaNet itself is no BatchNorm).
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # find_unused_parameters: the learned loss weights exist but only train with
+        # loss.weighting=uncertainty.
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
     def _eval_set(self, cfg: TrainConfig) -> CocoDetection | None:
         if cfg.data.val is None:
@@ -223,6 +260,7 @@ class TrainingLoop:
             stop_reason=self.state.stop_reason,
             metrics=self.last_metrics,
             best_metric=self.state.best_metric,
+            rank=self.dist.rank,
         )
 
     def _done(self) -> bool:
@@ -243,7 +281,7 @@ class TrainingLoop:
             steps += 1
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value
-            ips = timer.tick(len(images))
+            ips = timer.tick(len(images) * self.dist.world_size)
             event = StepEvent(
                 epoch=state.epoch,
                 iteration=state.iteration,
@@ -284,11 +322,12 @@ class TrainingLoop:
             self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
         )
         with autocast:
-            loss_dict: dict[str, Tensor] = self.model(images, targets)
+            loss_dict: dict[str, Tensor] = self.net(images, targets)
         loss = sum(loss_dict.values(), torch.zeros((), device=self.device))
-        values = {k: float(v.detach()) for k, v in loss_dict.items()}
+        # Averaged over ranks, so every rank takes the same decision below.
+        values = self.dist.mean({k: float(v.detach()) for k, v in loss_dict.items()}, self.device)
         where = f"iteration {self.state.iteration + 1} (epoch {self.state.epoch + 1})"
-        if not torch.isfinite(loss):
+        if not all(math.isfinite(v) for v in values.values()):
             raise NonFiniteLossError(f"non-finite loss at {where}: {values}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
@@ -307,17 +346,22 @@ class TrainingLoop:
         state = self.state
         val_losses, metrics = None, None
         if self.val_set is not None:
-            val_losses = validation_loss(
-                self.model, self.val_set, device=self.device, batch_size=self.cfg.eval.batch_size
+            shard = (self.dist.rank, self.dist.world_size)
+            batch = self.cfg.eval.batch_size
+            # Each rank scores its share of the images; the means and detections are gathered.
+            val_losses = self.dist.mean(
+                validation_loss(
+                    self.model, self.val_set, device=self.device, batch_size=batch, shard=shard
+                ),
+                self.device,
             )
             due = state.epoch % self.cfg.eval.period_epochs == 0 or self._done()
             if due:
-                metrics = evaluate(
-                    self.model,
-                    self.val_set,
-                    device=self.device,
-                    batch_size=self.cfg.eval.batch_size,
+                found = predict_dataset(
+                    self.model, self.val_set, device=self.device, batch_size=batch, shard=shard
                 )
+                detections = self.dist.gather(list(found))
+                metrics = score_detections(self.val_set.coco, detections)
                 self.last_metrics = metrics
             self.model.train()
         event = EpochEvent(

@@ -6,16 +6,19 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from detector.data.coco import CocoDetection, collate_detection
 from detector.evaluate.coco import CocoMetrics, Detection, score_detections
 
 
 def _loader(
-    dataset: CocoDetection, batch_size: int
+    dataset: CocoDetection, batch_size: int, shard: tuple[int, int] = (0, 1)
 ) -> DataLoader[tuple[Tensor, dict[str, Tensor]]]:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_detection)
+    """Batches of the ``shard = (rank, world_size)`` slice: images rank, rank + world, ..."""
+    rank, world = shard
+    part = dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
+    return DataLoader(part, batch_size=batch_size, shuffle=False, collate_fn=collate_detection)
 
 
 def to_original_xywh(
@@ -37,11 +40,17 @@ def to_original_xywh(
 
 @torch.no_grad()
 def predict_dataset(
-    model: nn.Module, dataset: CocoDetection, *, device: torch.device, batch_size: int = 8
+    model: nn.Module,
+    dataset: CocoDetection,
+    *,
+    device: torch.device,
+    batch_size: int = 8,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[Detection]:
-    """Every detection of ``model`` on ``dataset``, with COCO category ids, original pixels."""
+    """Every detection of ``model`` on ``dataset`` (or its ``shard``), with COCO category ids,
+    in original pixels."""
     model.eval()
-    for images, targets in _loader(dataset, batch_size):
+    for images, targets in _loader(dataset, batch_size, shard):
         outputs = model([img.to(device) for img in images])
         for image, target, out in zip(images, targets, outputs, strict=True):
             orig = target["orig_size"].tolist()
@@ -72,16 +81,21 @@ def evaluate(
 
 @torch.no_grad()
 def validation_loss(
-    model: nn.Module, dataset: CocoDetection, *, device: torch.device, batch_size: int = 8
+    model: nn.Module,
+    dataset: CocoDetection,
+    *,
+    device: torch.device,
+    batch_size: int = 8,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, float]:
-    """Mean loss terms over ``dataset``, with BatchNorm statistics left untouched."""
+    """Mean loss terms over ``dataset`` (or its ``shard``), BatchNorm statistics untouched."""
     model.train()  # torchvision's RetinaNet returns losses only in training mode
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
     sums: dict[str, float] = {}
     batches = 0
-    for images, targets in _loader(dataset, batch_size):
+    for images, targets in _loader(dataset, batch_size, shard):
         images_d = [img.to(device) for img in images]
         targets_d = [{k: v.to(device) for k, v in t.items()} for t in targets]
         for name, value in model(images_d, targets_d).items():

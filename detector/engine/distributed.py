@@ -1,0 +1,79 @@
+"""Data-parallel training across processes (``torchrun``): who we are, and the few collectives.
+
+A run started by ``torchrun --nproc-per-node N`` has ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in its
+environment; :func:`from_env` joins the process group (NCCL on CUDA, Gloo on the CPU). Without
+them the run is a single process and every helper here is a no-op, so the training loop has one
+code path.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes checkpoints, events and logs."""
+        return self.rank == 0
+
+    def device(self, requested: torch.device) -> torch.device:
+        """Each rank's own GPU (``cuda:LOCAL_RANK``) when training on CUDA."""
+        if requested.type == "cuda" and self.enabled:
+            return torch.device("cuda", self.local_rank)
+        return requested
+
+    def mean(self, values: Mapping[str, float], device: torch.device) -> dict[str, float]:
+        """The average over ranks of each value (same keys on every rank)."""
+        if not self.enabled or not values:
+            return dict(values)
+        keys = sorted(values)
+        tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return {k: float(v) / self.world_size for k, v in zip(keys, tensor.tolist(), strict=True)}
+
+    def gather(self, items: list[Any]) -> list[Any]:
+        """Every rank's ``items``, concatenated in rank order, on every rank."""
+        if not self.enabled:
+            return items
+        parts: list[list[Any] | None] = [None] * self.world_size
+        dist.all_gather_object(parts, items)
+        return [item for part in parts for item in (part or [])]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def from_env(device: torch.device) -> Dist:
+    """Join the process group torchrun describes in the environment (once per process)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Dist()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(minutes=30),  # evaluation on rank 0 can take a while
+        )
+    return Dist(rank=rank, world_size=world_size, local_rank=local_rank)

@@ -50,6 +50,14 @@ class Dist:
         dist.all_reduce(tensor)
         return {k: float(v) / self.world_size for k, v in zip(keys, tensor.tolist(), strict=True)}
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when it is true on some rank (a stop request, say)."""
+        if not self.enabled:
+            return flag
+        tensor = torch.tensor([int(flag)], device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item())
+
     def gather(self, items: list[Any]) -> list[Any]:
         """Every rank's ``items``, concatenated in rank order, on every rank."""
         if not self.enabled:

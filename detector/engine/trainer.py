@@ -295,6 +295,8 @@ class TrainingLoop:
             )
             for cb in self.callbacks:
                 cb.on_step_end(self, event)
+            # A stop asked on one rank (a signal, say) stops them all at the same step.
+            state.should_stop = self.dist.any(state.should_stop, self.device)
             if self._done():
                 break
         if state.batch_in_epoch >= state.iters_per_epoch or state.iteration >= state.max_iters:

@@ -77,6 +77,12 @@ class JobCreate(_Body):
         default_factory=list, description='dotted overrides: ["loss.gamma=1.5"]'
     )
     priority: int = 0
+    devices: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="processes that train the job together, one per GPU (data-parallel)",
+    )
 
 
 class Progress(_Body):
@@ -93,6 +99,7 @@ class JobPublic(_Body):
     id: str
     status: JobStatus
     priority: int
+    devices: int
     attempt: int
     max_attempts: int
     cancel_requested: bool

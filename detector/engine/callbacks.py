@@ -70,8 +70,13 @@ class EpochEvent:
 
 
 def start_payload(trainer: Trainer) -> dict[str, Any]:
-    """What a run reports when it starts (or resumes): where, and the anchor fit."""
-    return {"iteration": trainer.state.iteration, "anchor_fit": asdict(trainer.anchor_fit)}
+    """What a run reports when it starts (or resumes): where, on how many processes, and the
+    anchor fit."""
+    return {
+        "iteration": trainer.state.iteration,
+        "processes": trainer.processes,
+        "anchor_fit": asdict(trainer.anchor_fit),
+    }
 
 
 class Trainer(Protocol):
@@ -79,6 +84,11 @@ class Trainer(Protocol):
 
     state: TrainState
     anchor_fit: AnchorFit
+
+    @property
+    def processes(self) -> int:
+        """Processes training together (1, or the data-parallel world size)."""
+        ...
 
     def checkpoint(self) -> dict[str, Any]: ...
 

@@ -38,6 +38,11 @@ class Dist:
     def device(self, requested: torch.device) -> torch.device:
         """Each rank's own GPU (``cuda:LOCAL_RANK``) when training on CUDA."""
         if requested.type == "cuda" and self.enabled:
+            if self.local_rank >= torch.cuda.device_count():
+                raise RuntimeError(
+                    f"rank {self.rank} needs cuda:{self.local_rank}, but this host has "
+                    f"{torch.cuda.device_count()} GPU(s)"
+                )
             return torch.device("cuda", self.local_rank)
         return requested
 
@@ -80,6 +85,9 @@ def from_env(device: torch.device) -> Dist:
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
+        elif "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
             timeout=datetime.timedelta(minutes=30),  # evaluation on rank 0 can take a while

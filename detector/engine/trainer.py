@@ -165,6 +165,10 @@ class TrainingLoop:
             self.callbacks.extend(callbacks)
         self.last_metrics: CocoMetrics | None = None
 
+    @property
+    def processes(self) -> int:
+        return self.dist.world_size
+
     def _data_parallel(self, model: RetinaNet) -> nn.Module:
         """``model`` wrapped for DDP in a multi-process run (gradients averaged over ranks)."""
         if not self.dist.enabled:

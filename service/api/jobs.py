@@ -85,6 +85,7 @@ def create_job(
         test_dataset_id=body.test_dataset_id,
         holdout_fraction=None if body.val_dataset_id else body.holdout_fraction,
         priority=body.priority,
+        devices=body.devices,
         max_attempts=settings.max_attempts,
         idempotency_key=idempotency_key,
         request_hash=hashlib.sha256(body.model_dump_json().encode()).hexdigest(),

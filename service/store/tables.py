@@ -126,6 +126,8 @@ class Job(Base):
         String(32), ForeignKey("datasets.id", ondelete="SET NULL")
     )
     holdout_fraction: Mapped[float | None] = mapped_column(Float)
+    devices: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    """Processes (one per GPU) that train the job together; > 1 is data-parallel."""
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(128))
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))

@@ -28,7 +28,6 @@ from detector import (
     EpochEvent,
     Predictor,
     StepEvent,
-    TrainConfig,
     fit,
     load_recipe,
     save_model_file,
@@ -114,50 +113,82 @@ def run_child(settings: Settings, job_id: str, token: int) -> None:
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     sessions = session_factory(make_engine(settings.db_url))
-    events = DbEvents(sessions=sessions, job_id=job_id, token=token)
-    stopper = StopOnSignal()
-    code = EXIT_FAILED
     try:
-        cfg, test = _job_recipe(sessions, job_id, workdir)
-        result = fit(
-            cfg, workdir, callbacks=[ProgressBar(log_every=10), events, stopper], resume=True
-        )
-        if stopper.requested.is_set():
-            code = EXIT_STOPPED
-        else:
-            best = workdir / "checkpoints" / "best.pt"
-            checkpoint = best if best.exists() else workdir / "checkpoints" / "last.pt"
-            test_metrics = None
-            if test is not None:
-                test_metrics = Predictor.load(checkpoint).evaluate(*test).model_dump(mode="json")
-                storage.test_metrics_file(job_id).write_text(json.dumps(test_metrics))
-            save_model_file(checkpoint, storage.model_file(job_id))
-            events.record(
-                "end",
-                {
-                    "iterations": result.iterations,
-                    "stop_reason": result.stop_reason,
-                    "test_metrics": test_metrics,
-                },
-            )
-            code = EXIT_OK
-    except LeaseLostError:
-        code = EXIT_FENCED
+        test, devices = _job_recipe(sessions, job_id, workdir)
     except Exception as exc:
-        traceback.print_exc()
-        (workdir / "error.txt").write_text(f"{type(exc).__name__}: {exc}")
-        try:
-            events.record("error", {"error": f"{type(exc).__name__}: {exc}"})
-        except LeaseLostError:
-            code = EXIT_FENCED
+        os._exit(_failed(exc, workdir, DbEvents(sessions=sessions, job_id=job_id, token=token)))
+    if devices > 1:
+        from service.worker.ranks import KILLED, launch_ranks
+
+        code = launch_ranks(settings, job_id, token, devices=devices, test=test)
+        if code == KILLED:  # to the worker, as if this process had been killed: retried
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        code = train_job(settings, job_id, token, test=test)
     sys.stdout.flush()
     os._exit(code)  # no atexit handlers from the parent's libraries in a spawned child
 
 
+def train_job(
+    settings: Settings, job_id: str, token: int, *, test: tuple[Path, Path] | None
+) -> int:
+    """Train the job's prepared recipe; in a data-parallel run every rank calls this, and only
+    rank 0 (which alone runs the callbacks) evaluates the test set, writes the model file and
+    records the end. Returns the exit code."""
+    storage = Storage(settings.data_dir)
+    workdir = storage.job_dir(job_id)
+    sessions = session_factory(make_engine(settings.db_url))
+    events = DbEvents(sessions=sessions, job_id=job_id, token=token)
+    stopper = StopOnSignal()
+    try:
+        cfg = load_recipe(workdir / "recipe.yaml")
+        result = fit(
+            cfg, workdir, callbacks=[ProgressBar(log_every=10), events, stopper], resume=True
+        )
+        if stopper.requested.is_set() or result.stop_reason == "stopped by SIGTERM":
+            return EXIT_STOPPED
+        if result.rank != 0:
+            return EXIT_OK
+        best = workdir / "checkpoints" / "best.pt"
+        checkpoint = best if best.exists() else workdir / "checkpoints" / "last.pt"
+        test_metrics = None
+        if test is not None:
+            test_metrics = Predictor.load(checkpoint).evaluate(*test).model_dump(mode="json")
+            storage.test_metrics_file(job_id).write_text(json.dumps(test_metrics))
+        save_model_file(checkpoint, storage.model_file(job_id))
+        events.record(
+            "end",
+            {
+                "iterations": result.iterations,
+                "stop_reason": result.stop_reason,
+                "test_metrics": test_metrics,
+            },
+        )
+        return EXIT_OK
+    except LeaseLostError:
+        return EXIT_FENCED
+    except Exception as exc:
+        return _failed(exc, workdir, events if os.environ.get("RANK", "0") == "0" else None)
+
+
+def _failed(exc: Exception, workdir: Path, events: DbEvents | None) -> int:
+    """Record a deterministic failure (the worker fails the job with this text)."""
+    traceback.print_exc()
+    (workdir / "error.txt").write_text(f"{type(exc).__name__}: {exc}")
+    if events is not None:
+        try:
+            events.record("error", {"error": f"{type(exc).__name__}: {exc}"})
+        except LeaseLostError:
+            return EXIT_FENCED
+    return EXIT_FAILED
+
+
 def _job_recipe(
     sessions: sessionmaker[Session], job_id: str, workdir: Path
-) -> tuple[TrainConfig, tuple[Path, Path] | None]:
-    """The job's recipe with its datasets filled in (a seeded holdout when no val set)."""
+) -> tuple[tuple[Path, Path] | None, int]:
+    """Write ``workdir/recipe.yaml``: the job's recipe with its datasets filled in (a seeded
+    holdout when no val set), checked. Returns the test set and the number of processes."""
     with sessions() as session:
         job = repo.get_job(session, job_id)
         if job.train_dataset_id is None:
@@ -165,7 +196,7 @@ def _job_recipe(
         train = repo.get_dataset(session, job.train_dataset_id)
         val = repo.get_dataset(session, job.val_dataset_id) if job.val_dataset_id else None
         test = repo.get_dataset(session, job.test_dataset_id) if job.test_dataset_id else None
-        recipe, holdout = dict(job.recipe), job.holdout_fraction
+        recipe, holdout, devices = dict(job.recipe), job.holdout_fraction, job.devices
     data: dict[str, Any] = {
         "train": {"annotations": train.annotations_path, "images": train.images_path}
     }
@@ -183,9 +214,9 @@ def _job_recipe(
     recipe["data"] = {**recipe.get("data", {}), **data}
     recipe_file = workdir / "recipe.yaml"
     recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    cfg = load_recipe(recipe_file)
+    load_recipe(recipe_file)  # a recipe that does not load fails here, once
     test_pair = None if test is None else (Path(test.annotations_path), Path(test.images_path))
-    return cfg, test_pair
+    return test_pair, devices
 
 
 def die_with_parent() -> None:

@@ -163,6 +163,30 @@ def test_upload_train_follow_and_read_map(
 
 
 @pytest.mark.slow
+def test_a_job_on_two_processes_trains_data_parallel(
+    api: tuple[str, Path], shapes: dict[str, Path], tmp_path: Path
+) -> None:
+    url, data_dir = api
+    with _worker(data_dir, tmp_path / "worker.log"), Client(url, api_key=API_KEY) as client:
+        train = client.upload_dataset(shapes["train"], shapes["images"], name="train")
+        val = client.upload_dataset(shapes["val"], shapes["images"], name="val")
+        job = client.create_job(
+            train_dataset_id=train["id"], val_dataset_id=val["id"], recipe="shapes_tiny",
+            recipe_overrides={**SIZES, "eval": {"period_epochs": 10}}, devices=2,
+        )  # fmt: skip
+        assert job["devices"] == 2
+        done = client.wait(job["id"], timeout_s=DEADLINE_S)
+        assert done["status"] == "succeeded", client.logs(job["id"], tail=80)
+        events = list(client.events(job["id"]))
+        starts = [e["data"] for e in events if e["event"] == "start"]
+        assert [s["processes"] for s in starts] == [2]
+        assert sum(e["event"] == "epoch" for e in events) == 20  # rank 0 alone records
+        metrics = client.metrics(job["id"])
+        assert metrics["latest"]["summary"]["AP50"] > 0.15
+        assert client.model_of_job(job["id"])["metrics_split"] == "val"
+
+
+@pytest.mark.slow
 def test_sigkilled_worker_job_resumes_on_another(
     api: tuple[str, Path], shapes: dict[str, Path], tmp_path: Path
 ) -> None:

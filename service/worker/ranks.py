@@ -1,0 +1,104 @@
+"""A data-parallel job: one process per device, started and watched by the job's child.
+
+The ranks get torchrun's environment contract (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR``, ``MASTER_PORT``), so the detector's training runs exactly as under
+``torchrun``. The child launches them itself rather than through torchrun because the worker
+needs what torchrun's agent hides: each rank's exit code (a deterministic failure is not
+retried, a killed process is) and a SIGTERM that reaches every rank at once so that rank 0
+checkpoints before they exit together.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+from pathlib import Path
+
+from service.settings import Settings
+from service.worker.child import (
+    EXIT_FAILED,
+    EXIT_FENCED,
+    EXIT_OK,
+    EXIT_STOPPED,
+    die_with_parent,
+    train_job,
+)
+
+KILLED = -1
+"""Some rank died by a signal (out of memory, say): retry the attempt from the checkpoint."""
+
+
+def launch_ranks(
+    settings: Settings, job_id: str, token: int, *, devices: int, test: tuple[Path, Path] | None
+) -> int:
+    """Run ``devices`` ranks of the job; returns the attempt's exit code, or ``KILLED``."""
+    port = _free_port()
+    ctx = multiprocessing.get_context("spawn")
+    ranks = [
+        ctx.Process(
+            target=_rank_main,
+            args=(settings, job_id, token, test, rank, devices, port),
+            name=f"job-{job_id}-rank{rank}",
+        )
+        for rank in range(devices)
+    ]
+    for process in ranks:
+        process.start()
+
+    def forward(*_: object) -> None:
+        for process in ranks:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    while any(p.is_alive() for p in ranks):
+        for process in ranks:
+            process.join(timeout=1)
+        codes = [p.exitcode for p in ranks]
+        if any(c is not None and c not in (EXIT_OK, EXIT_STOPPED) for c in codes):
+            # The others would wait for the failed rank in their next collective: end them.
+            for process in ranks:
+                if process.is_alive():
+                    process.kill()
+            for process in ranks:
+                process.join()
+    return merge([p.exitcode for p in ranks])
+
+
+def merge(codes: list[int | None]) -> int:
+    """One exit code for the attempt: a failure or a kill anywhere decides; else rank 0's."""
+    if EXIT_FAILED in codes:
+        return EXIT_FAILED
+    if codes[0] == EXIT_FENCED:
+        return EXIT_FENCED
+    if any(c is None or c < 0 for c in codes):
+        return KILLED
+    return codes[0] if codes[0] is not None else KILLED
+
+
+def _rank_main(
+    settings: Settings,
+    job_id: str,
+    token: int,
+    test: tuple[Path, Path] | None,
+    rank: int,
+    world_size: int,
+    port: int,
+) -> None:
+    die_with_parent()
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    os._exit(train_job(settings, job_id, token, test=test))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -97,10 +97,12 @@ class BatchingRunner:
         deadline = time.monotonic() + self.max_delay_s
         while images < self.max_batch:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                item = self._queue.get(timeout=remaining)
+            try:  # what is already queued always joins; waiting only until the deadline
+                item = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
             except queue.Empty:
                 break
             if item is _STOP:

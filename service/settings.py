@@ -46,8 +46,10 @@ class Settings(BaseSettings):
     """Memory bound of the loaded models' weights."""
     predict_max_batch: Annotated[int, Field(gt=0)] = 8
     """Images per forward pass when requests are batched together."""
-    predict_max_delay_ms: Annotated[float, Field(ge=0)] = 10.0
-    """How long the first request of a batch waits for others to join it."""
+    predict_max_delay_ms: Annotated[float, Field(ge=0)] = 0.0
+    """How long the first request of a batch waits for others to join it. 0: no waiting; the
+    requests that arrive while the model is busy still form the next batch (on a busy model
+    the queue fills during each forward pass), and an idle model answers at once."""
     predict_queue_size: Annotated[int, Field(gt=0)] = 32
     """Requests waiting per model; beyond that the API answers 503 with Retry-After."""
     predict_max_files: Annotated[int, Field(gt=0)] = 16

@@ -253,14 +253,16 @@ def test_deterministic_failure_fails_once_and_cancel_stops_a_running_job(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("devices", [1, 2])
 def test_sigterm_checkpoints_and_releases_for_the_next_worker(
-    api: tuple[str, Path], shapes: dict[str, Path], tmp_path: Path
+    api: tuple[str, Path], shapes: dict[str, Path], tmp_path: Path, devices: int
 ) -> None:
+    """With 2 devices, SIGTERM reaches both ranks; they stop at the same step, rank 0 writes."""
     url, data_dir = api
     with Client(url, api_key=API_KEY) as client:
         train = client.upload_dataset(shapes["train"], shapes["images"], name="train")
         job = client.create_job(
-            train_dataset_id=train["id"], recipe="shapes_tiny",
+            train_dataset_id=train["id"], recipe="shapes_tiny", devices=devices,
             recipe_overrides={
                 **SIZES, "solver": {"epochs": 4, "steps": [3]}, "checkpoint_period_iters": 1000
             },
@@ -282,8 +284,9 @@ def test_sigterm_checkpoints_and_releases_for_the_next_worker(
         with _worker(data_dir, tmp_path / "worker2.log"):
             done = client.wait(job["id"], timeout_s=DEADLINE_S)
         assert done["status"] == "succeeded" and done["attempt"] == 2
-        starts = [e["data"]["iteration"] for e in client.events(job["id"]) if e["event"] == "start"]
-        assert starts == [0, stopped_at]
+        starts = [e["data"] for e in client.events(job["id"]) if e["event"] == "start"]
+        assert [s["iteration"] for s in starts] == [0, stopped_at]
+        assert [s["processes"] for s in starts] == [devices, devices]
 
 
 def test_serve_runs_a_worker_and_stops_it_on_sigterm(tmp_path: Path) -> None:

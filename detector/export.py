@@ -15,6 +15,7 @@ side holds every image the evaluation transform produces, in either orientation.
 from __future__ import annotations
 
 import json
+import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -112,8 +113,9 @@ def export_onnx(
         raise ValueError(f"input size {size} must be a multiple of {div}")
     dense = predictor.dense
     example = torch.rand(2, 3, *size)
-    tmp = out.with_name(f".{out.name}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # A name of its own, so concurrent exports of one model never write the same file.
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter
         program = torch.onnx.export(

@@ -258,7 +258,7 @@ async def export(
         ) from None
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
-    public = ExportPublic(
+    return ExportPublic(
         model_id=model_id,
         format=body.format,
         input_size=result.input_size,
@@ -267,7 +267,6 @@ async def export(
         parity={**result.report.model_dump(mode="json"), "summary": result.report.summary()},
         download=f"/v1/models/{model_id}/export/{body.format}",
     )
-    return public
 
 
 @router.get(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from detector.engine.callbacks import (
 from detector.engine.checkpoint import LAST, load_checkpoint, rng_state, set_rng_state
 from detector.engine.distributed import from_env
 from detector.engine.optim import build_optimizer, build_scheduler, total_iterations
+from detector.engine.throughput import Throughput
 from detector.evaluate.coco import CocoMetrics, score_detections
 from detector.evaluate.runner import predict_dataset, validation_loss
 from detector.model.anchor_fit import anchor_fit
@@ -276,7 +276,7 @@ class TrainingLoop:
         self.seeded.set_epoch(state.epoch)
         sums: dict[str, float] = {}
         steps = 0
-        timer = _Throughput()
+        timer = Throughput()
         self.model.train()
         for images, targets in self._batches():
             losses = self._step(images, targets)
@@ -385,21 +385,3 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or cfg.solver.amp == "off":
         return None
     return torch.float16 if cfg.solver.amp == "fp16" else torch.bfloat16
-
-
-class _Throughput:
-    """Images per second over the last few steps (an exponential moving average)."""
-
-    def __init__(self, smoothing: float = 0.9) -> None:
-        self.smoothing = smoothing
-        self.last = time.perf_counter()
-        self.rate: float | None = None
-
-    def tick(self, images: int) -> float:
-        now = time.perf_counter()
-        rate = images / max(now - self.last, 1e-9)
-        self.last = now
-        self.rate = (
-            rate if self.rate is None else self.smoothing * self.rate + (1 - self.smoothing) * rate
-        )
-        return self.rate

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -229,7 +230,7 @@ def test_a_full_queue_answers_503_with_retry_after(
     big = image.repeat(1, 12, 12)  # 1152 x 1152
     busy = runner.submit([big], PredictOptions(tile_size=64, tile_overlap=0.5))
     while not busy.running():
-        pass
+        time.sleep(0.001)
     files = _files(_images(trained_run, 1))
     queued: dict[str, Any] = {}
     waiting = threading.Thread(
@@ -237,7 +238,7 @@ def test_a_full_queue_answers_503_with_retry_after(
     )
     waiting.start()
     while runner.pending() < 1 and not busy.done():
-        pass
+        time.sleep(0.001)
     assert not busy.done(), "the busy request finished too early for this test"
     refused = _predict(client, model["id"], files)
     assert refused.status_code == 503, refused.text
@@ -256,7 +257,7 @@ def test_concurrent_requests_share_forward_passes(
     image = read_rgb(_images(trained_run)[0])
     busy = runner.submit([image.repeat(1, 8, 8)], PredictOptions(tile_size=64, tile_overlap=0.5))
     while not busy.running():
-        pass
+        time.sleep(0.001)
     futures = [runner.submit([image], PredictOptions(score_threshold=0.1)) for _ in range(4)]
     results = [f.result(timeout=300) for f in futures]
     busy.result(timeout=300)

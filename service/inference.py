@@ -45,9 +45,6 @@ class _Request:
     future: Future[Results] = field(default_factory=Future)
 
 
-_STOP = object()
-
-
 class BatchingRunner:
     """One model, one thread, a bounded queue of requests."""
 
@@ -57,20 +54,28 @@ class BatchingRunner:
         self.predictor = predictor
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
-        self._queue: queue.Queue[_Request | object] = queue.Queue(maxsize=queue_size)
-        self._thread = threading.Thread(target=self._loop, name="predict-batcher", daemon=True)
-        self._thread.start()
+        self._queue: queue.Queue[_Request] = queue.Queue(maxsize=queue_size)
+        # Guards "closed" together with the queue, so a request is never queued behind a
+        # thread that has already decided to end.
+        self._lock = threading.Lock()
+        self._closed = False
         self.batches = 0
         """Forward passes run so far (the tests and the benchmark read it)."""
+        self._thread = threading.Thread(target=self._loop, name="predict-batcher", daemon=True)
+        self._thread.start()
 
     def submit(self, images: Sequence[Tensor], options: PredictOptions) -> Future[Results]:
-        """Queue a request; raises :class:`Overloaded` when the queue is full."""
+        """Queue a request; raises :class:`Overloaded` when the queue is full (or the model
+        was just evicted: a retry loads it again)."""
         self.predictor.check(options)  # bad options fail here, not inside someone's batch
         request = _Request(images=images, options=options)
-        try:
-            self._queue.put_nowait(request)
-        except queue.Full:
-            raise Overloaded(retry_after_s=1) from None
+        with self._lock:
+            if self._closed:
+                raise Overloaded(retry_after_s=1)
+            try:
+                self._queue.put_nowait(request)
+            except queue.Full:
+                raise Overloaded(retry_after_s=1) from None
         return request.future
 
     def pending(self) -> int:
@@ -78,21 +83,22 @@ class BatchingRunner:
         return self._queue.qsize()
 
     def close(self) -> None:
-        """Finish the queued requests, then stop the thread."""
-        self._queue.put(_STOP)
+        """Finish the queued requests, then end the thread; never blocks."""
+        with self._lock:
+            self._closed = True
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            assert isinstance(first, _Request)
-            batch, stop = self._gather(first)
-            self._run(batch)
-            if stop:
-                return
+            try:
+                first = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                with self._lock:
+                    if self._closed and self._queue.empty():
+                        return
+                continue
+            self._run(self._gather(first))
 
-    def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
+    def _gather(self, first: _Request) -> list[_Request]:
         batch, images = [first], len(first.images)
         deadline = time.monotonic() + self.max_delay_s
         while images < self.max_batch:
@@ -105,12 +111,9 @@ class BatchingRunner:
                 )
             except queue.Empty:
                 break
-            if item is _STOP:
-                return batch, True
-            assert isinstance(item, _Request)
             batch.append(item)
             images += len(item.images)
-        return batch, False
+        return batch
 
     def _run(self, batch: list[_Request]) -> None:
         live = [r for r in batch if r.future.set_running_or_notify_cancel()]

@@ -91,8 +91,11 @@ def write_model_file(state: dict[str, Tensor], card: ModelCard, out: Path) -> No
 def read_model_file(path: Path) -> tuple[ModelCard, dict[str, Tensor]]:
     """The card and the weights; :class:`ModelFileError` for anything else."""
     card = read_card(path)
-    with safe_open(str(path), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError) as exc:  # a truncated or damaged file
+        raise ModelFileError(f"{path}: unreadable weights: {exc}") from None
     return card, state
 
 

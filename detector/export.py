@@ -33,6 +33,8 @@ from detector.predict import Predictor
 BOX_ATOL_PX = 0.5
 """Largest box-coordinate difference (input pixels) tolerated between the runtimes."""
 SCORE_ATOL = 1e-3
+MAX_SIDE = 4096
+"""Largest input side an export accepts (pixels)."""
 """Largest score difference tolerated between the runtimes."""
 
 
@@ -109,28 +111,28 @@ def export_onnx(
         raise ValueError("export from a CPU predictor: Predictor.load(path, device='cpu')")
     size = input_size or default_input_size(predictor)
     div = predictor.dense.size_divisible
-    if size[0] % div or size[1] % div:
-        raise ValueError(f"input size {size} must be a multiple of {div}")
+    if any(side % div or not div <= side <= MAX_SIDE for side in size):
+        raise ValueError(f"input size {size}: each side a multiple of {div}, at most {MAX_SIDE}")
     dense = predictor.dense
     example = torch.rand(2, 3, *size)
     out.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own, so concurrent exports of one model never write the same file.
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation chatter
-        program = torch.onnx.export(
-            dense,
-            (example,),
-            dynamo=True,
-            input_names=["images"],
-            output_names=["boxes", "scores"],
-            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=256)}},
-            verbose=False,
-        )
-    assert program is not None
-    program.save(str(tmp))
-    _add_metadata(tmp, predictor, size)
     try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation chatter
+            program = torch.onnx.export(
+                dense,
+                (example,),
+                dynamo=True,
+                input_names=["images"],
+                output_names=["boxes", "scores"],
+                dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=256)}},
+                verbose=False,
+            )
+        assert program is not None
+        program.save(str(tmp))
+        _add_metadata(tmp, predictor, size)
         report = check_parity(predictor, tmp, sample_images)
         if not report.ok:
             raise ExportMismatchError(report)

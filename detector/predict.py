@@ -49,6 +49,10 @@ class DetectionOut(BaseModel):
     score: float
 
 
+MAX_TILES = 256
+"""Tiles per image at most: tiling is bounded work, whatever the request asks."""
+
+
 class PredictOptions(BaseModel):
     """Per-call inference settings; ``None`` means the model's recipe value."""
 
@@ -64,7 +68,7 @@ class PredictOptions(BaseModel):
     tile_size: Annotated[int, Field(ge=64)] | None = None
     """Cut images larger than this (pixels, each side) into overlapping square tiles, detect
     on each at the model's evaluation scale, and merge with NMS."""
-    tile_overlap: Annotated[float, Field(ge=0, lt=1)] = 0.25
+    tile_overlap: Annotated[float, Field(ge=0, le=0.75)] = 0.25
 
 
 @dataclass(frozen=True)
@@ -108,14 +112,23 @@ class Predictor:
         model.load_state_dict(state)
         return cls(model=model, card=card, device=resolve_device(device))
 
-    def check(self, options: PredictOptions) -> None:
-        """``ValueError`` for options that name classes the model does not have."""
+    def check(self, options: PredictOptions, images: Sequence[Tensor] = ()) -> None:
+        """``ValueError`` for options naming classes the model lacks, or tiling ``images``
+        into more than ``MAX_TILES`` tiles each."""
         unknown = sorted(set(options.class_ids or ()) - set(self._index))
         if unknown:
             raise ValueError(
                 f"unknown class ids {unknown}; the model's classes: "
                 + ", ".join(f"{c.id} ({c.name})" for c in self.card.classes)
             )
+        for image in images:
+            tiles = len(_windows(image, options.tile_size, options.tile_overlap))
+            if tiles > MAX_TILES:
+                raise ValueError(
+                    f"tile_size {options.tile_size} with overlap {options.tile_overlap} cuts a "
+                    f"{image.shape[-1]}x{image.shape[-2]} image into {tiles} tiles "
+                    f"(at most {MAX_TILES}); use larger tiles or less overlap"
+                )
 
     def predict(
         self, images: Sequence[Tensor], options: PredictOptions | None = None
@@ -128,17 +141,21 @@ class Predictor:
         self, calls: Sequence[tuple[Sequence[Tensor], PredictOptions]]
     ) -> list[list[list[DetectionOut]]]:
         """Several calls' images through shared forward passes; results per call, per image."""
-        for _, options in calls:
-            self.check(options)
-        crops = [
-            crop
+        for images, options in calls:
+            self.check(options, images)
+        windows = [
+            (c, i, window)
             for c, (images, options) in enumerate(calls)
             for i, image in enumerate(images)
-            for crop in self._crops(c, i, image, options.tile_size, options.tile_overlap)
+            for window in _windows(image, options.tile_size, options.tile_overlap)
         ]
         found: dict[tuple[int, int], list[Detections]] = {}
-        for start in range(0, len(crops), self.max_batch):
-            chunk = crops[start : start + self.max_batch]
+        # Crops are resized one forward pass at a time, so memory stays bounded by max_batch.
+        for start in range(0, len(windows), self.max_batch):
+            chunk = [
+                self._crop(c, i, calls[c][0][i], window)
+                for c, i, window in windows[start : start + self.max_batch]
+            ]
             for crop, dets in zip(chunk, self._detect(chunk, calls), strict=True):
                 found.setdefault((crop.call, crop.image), []).append(dets)
         return [
@@ -146,34 +163,20 @@ class Predictor:
             for c, (images, options) in enumerate(calls)
         ]
 
-    def _crops(
-        self, call: int, index: int, image: Tensor, tile: int | None, overlap: float
-    ) -> list[_Crop]:
-        height, width = int(image.shape[-2]), int(image.shape[-1])
-        if tile is None or (height <= tile and width <= tile):
-            windows = [(0, 0, width, height)]
-        else:
-            step = max(1, int(tile * (1 - overlap)))
-            windows = [
-                (x, y, min(x + tile, width), min(y + tile, height))
-                for y in _starts(height, tile, step)
-                for x in _starts(width, tile, step)
-            ]
-        crops = []
-        for x0, y0, x1, y1 in windows:
-            pixels = self.transforms(tv_tensors.Image(image[:, y0:y1, x0:x1]))
-            crops.append(
-                _Crop(
-                    call=call,
-                    image=index,
-                    x0=x0,
-                    y0=y0,
-                    scale_x=(x1 - x0) / pixels.shape[-1],
-                    scale_y=(y1 - y0) / pixels.shape[-2],
-                    pixels=pixels.as_subclass(Tensor),
-                )
-            )
-        return crops
+    def _crop(
+        self, call: int, index: int, image: Tensor, window: tuple[int, int, int, int]
+    ) -> _Crop:
+        x0, y0, x1, y1 = window
+        pixels = self.transforms(tv_tensors.Image(image[:, y0:y1, x0:x1]))
+        return _Crop(
+            call=call,
+            image=index,
+            x0=x0,
+            y0=y0,
+            scale_x=(x1 - x0) / pixels.shape[-1],
+            scale_y=(y1 - y0) / pixels.shape[-2],
+            pixels=pixels.as_subclass(Tensor),
+        )
 
     def _detect(
         self, crops: Sequence[_Crop], calls: Sequence[tuple[Sequence[Tensor], PredictOptions]]
@@ -205,35 +208,31 @@ class Predictor:
 
     def _select_options(self, options: PredictOptions) -> SelectOptions:
         model = self.card.recipe.model
-        floor = model.score_thresh
-        if options.score_threshold != "best_f1":
-            floor = options.score_threshold
-        elif self.card.score_thresholds:  # the lowest class threshold; the rest is filtered later
-            floor = min(floor, *self.card.score_thresholds.values())
+        wanted = None if options.class_ids is None else set(options.class_ids)
         return SelectOptions(
-            score_threshold=floor,
+            score_threshold=model.score_thresh,
             topk_candidates=model.topk_candidates,
             nms_iou=options.nms_iou or model.nms_thresh,
             max_detections=options.max_detections or model.detections_per_img,
+            class_thresholds=tuple(
+                self._threshold(c.id, options) if wanted is None or c.id in wanted else 2.0
+                for c in self.card.classes
+            ),
         )
 
     def _finish(self, parts: list[Detections], options: PredictOptions) -> list[DetectionOut]:
-        """Merge an image's crops (NMS across tiles), then apply thresholds and class filter."""
-        select = self._select_options(options)
+        """An image's detections: its tiles merged with NMS (thresholds and the class filter
+        were applied in the selection, before the detection cap)."""
         boxes = torch.cat([p.boxes for p in parts])
         scores = torch.cat([p.scores for p in parts])
         labels = torch.cat([p.labels for p in parts])
         if len(parts) > 1:
+            select = self._select_options(options)
             keep = batched_nms(boxes, scores, labels, select.nms_iou)[: select.max_detections]
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        wanted = set(options.class_ids) if options.class_ids is not None else None
         results = []
         for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True):
             info = self.card.classes[label]
-            if wanted is not None and info.id not in wanted:
-                continue
-            if score < self._threshold(info.id, options):
-                continue
             x0, y0, x1, y1 = box
             results.append(
                 DetectionOut(
@@ -268,6 +267,19 @@ class Predictor:
         self, paths: Sequence[Path], options: PredictOptions | None = None
     ) -> list[list[DetectionOut]]:
         return self.predict([read_rgb(p) for p in paths], options)
+
+
+def _windows(image: Tensor, tile: int | None, overlap: float) -> list[tuple[int, int, int, int]]:
+    """``(x0, y0, x1, y1)`` regions of ``image`` to detect on: the whole image, or tiles."""
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    if tile is None or (height <= tile and width <= tile):
+        return [(0, 0, width, height)]
+    step = max(1, int(tile * (1 - overlap)))
+    return [
+        (x, y, min(x + tile, width), min(y + tile, height))
+        for y in _starts(height, tile, step)
+        for x in _starts(width, tile, step)
+    ]
 
 
 def _starts(length: int, tile: int, step: int) -> list[int]:

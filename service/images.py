@@ -17,7 +17,8 @@ from torch import Tensor
 
 from service.errors import ApiError
 
-FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP", "TIFF"})
+FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF"})
+"""MPO: the JPEG variant many cameras write (a JPEG with extra frames; the first is used)."""
 
 
 def decode_upload(name: str, data: bytes, *, max_pixels: int) -> Tensor:
@@ -29,7 +30,9 @@ def decode_upload(name: str, data: bytes, *, max_pixels: int) -> Tensor:
             # Pillow's own bomb check warns (or raises past 2x its limit); ours is below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as exc:
+        raise ApiError(413, "image_too_large", f"{name}: {exc}") from None
+    except UnidentifiedImageError:
         raise ApiError(
             415, "unsupported_image", f"{name}: not an image in a supported format"
         ) from None

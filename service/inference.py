@@ -67,7 +67,7 @@ class BatchingRunner:
     def submit(self, images: Sequence[Tensor], options: PredictOptions) -> Future[Results]:
         """Queue a request; raises :class:`Overloaded` when the queue is full (or the model
         was just evicted: a retry loads it again)."""
-        self.predictor.check(options)  # bad options fail here, not inside someone's batch
+        self.predictor.check(options, images)  # bad options fail here, not in someone's batch
         request = _Request(images=images, options=options)
         with self._lock:
             if self._closed:

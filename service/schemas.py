@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -182,7 +182,9 @@ class PredictPublic(_Body):
 
 class ExportRequest(_Body):
     format: Literal["onnx"] = "onnx"
-    input_size: tuple[int, int] | None = Field(
+    input_size: (
+        tuple[Annotated[int, Field(ge=32, le=4096)], Annotated[int, Field(ge=32, le=4096)]] | None
+    ) = Field(
         default=None, description="(H, W) of the graph's input; default: the recipe's longest side"
     )
 

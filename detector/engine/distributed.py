@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,27 @@ class Dist:
         dist.all_reduce(tensor)
         return {k: float(v) / self.world_size for k, v in zip(keys, tensor.tolist(), strict=True)}
 
+    def weighted_mean(
+        self,
+        values: Mapping[str, float],
+        *,
+        keys: Sequence[str],
+        weight: int,
+        device: torch.device,
+    ) -> dict[str, float]:
+        """Each key's mean over ranks weighted by ``weight`` (a rank's image count). Every rank
+        passes the same ``keys``, even one with nothing to report (weight 0), so the collective
+        always matches."""
+        if not self.enabled:
+            return {k: values[k] for k in keys if k in values}
+        row = [values.get(k, 0.0) * weight for k in keys] + [float(weight)]
+        tensor = torch.tensor(row, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        total = tensor[-1].item()
+        return {
+            k: float(v) / max(total, 1.0) for k, v in zip(keys, tensor[:-1].tolist(), strict=True)
+        }
+
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank when it is true on some rank (a stop request, say)."""
         if not self.enabled:
@@ -82,9 +103,10 @@ def from_env(device: torch.device) -> Dist:
     if world_size == 1:
         return Dist()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    found = Dist(rank=rank, world_size=world_size, local_rank=local_rank)
     if not dist.is_initialized():
         if device.type == "cuda":
-            torch.cuda.set_device(local_rank)
+            torch.cuda.set_device(found.device(device))  # which checks the GPU exists
         elif "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing
             local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
@@ -92,4 +114,4 @@ def from_env(device: torch.device) -> Dist:
             backend="nccl" if device.type == "cuda" else "gloo",
             timeout=datetime.timedelta(minutes=30),  # evaluation on rank 0 can take a while
         )
-    return Dist(rank=rank, world_size=world_size, local_rank=local_rank)
+    return found

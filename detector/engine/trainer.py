@@ -355,11 +355,14 @@ class TrainingLoop:
             shard = (self.dist.rank, self.dist.world_size)
             batch = self.cfg.eval.batch_size
             # Each rank scores its share of the images; the means and detections are gathered.
-            val_losses = self.dist.mean(
+            # A rank may hold no validation image (fewer images than ranks): weight 0.
+            val_losses = self.dist.weighted_mean(
                 validation_loss(
                     self.model, self.val_set, device=self.device, batch_size=batch, shard=shard
                 ),
-                self.device,
+                keys=sorted(train_losses),
+                weight=len(range(self.dist.rank, len(self.val_set), self.dist.world_size)),
+                device=self.device,
             )
             due = state.epoch % self.cfg.eval.period_epochs == 0 or self._done()
             if due:

@@ -29,6 +29,11 @@ class SelectOptions:
     topk_candidates: int = 1000
     nms_iou: float = 0.5
     max_detections: int = 100
+    class_thresholds: tuple[float, ...] | None = None
+    """Per class (contiguous labels), the score to reach instead of ``score_threshold``
+    (``>=``: a best-F1 threshold is itself a detection's score); above 1 drops the class.
+    Applied before top-k and the detection cap, so a class filter or a high threshold
+    elsewhere never crowds out the detections asked for."""
 
 
 class Detections:
@@ -121,13 +126,17 @@ def select_detections(
         image_size: (h, w) of the image inside the padded input; boxes are clipped to it.
     """
     num_classes = scores.shape[-1]
+    per_class = (
+        None if options.class_thresholds is None else scores.new_tensor(options.class_thresholds)
+    )
     kept_boxes, kept_scores, kept_labels = [], [], []
     levels = list(anchors_per_level)
     for level_boxes, level_scores in zip(
         torch.split(boxes, levels), torch.split(scores, levels), strict=True
     ):
         flat = level_scores.flatten()
-        candidates = torch.where(flat > options.score_threshold)[0]
+        above = flat > options.score_threshold if per_class is None else level_scores >= per_class
+        candidates = torch.where(above.flatten())[0]
         top, order = flat[candidates].topk(min(options.topk_candidates, len(candidates)))
         candidates = candidates[order]
         kept_boxes.append(clip_boxes_to_image(level_boxes[candidates // num_classes], image_size))

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 
 from detector import (
     ExportMismatchError,
+    ModelFileError,
     PredictOptions,
     Predictor,
     export_onnx,
@@ -175,10 +176,20 @@ async def predict(
         name = upload.filename or "file"
         if len(data) > max_bytes:
             raise ApiError(413, "too_large", f"{name} exceeds {max_bytes} bytes")
-        images.append(decode_upload(name, data, max_pixels=settings.predict_max_pixels))
-    runner = await run_in_threadpool(cache.get, row.id, Path(row.weights_path), row.weights_bytes)
+        # Decoding takes milliseconds to seconds: off the event loop.
+        images.append(
+            await run_in_threadpool(
+                decode_upload, name, data, max_pixels=settings.predict_max_pixels
+            )
+        )
     try:
-        future = runner.submit(images, options)
+        runner = await run_in_threadpool(
+            cache.get, row.id, Path(row.weights_path), row.weights_bytes
+        )
+    except (ModelFileError, FileNotFoundError):  # deleted while this request was arriving
+        raise ApiError(404, "not_found", f"model {model_id!r} not found") from None
+    try:
+        future = runner.submit(images, options)  # checks the options against these images
     except Overloaded as exc:
         raise ApiError(
             503, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after_s)}

@@ -169,18 +169,20 @@ def train_job(
     except LeaseLostError:
         return EXIT_FENCED
     except Exception as exc:
-        return _failed(exc, workdir, events if os.environ.get("RANK", "0") == "0" else None)
+        if os.environ.get("RANK", "0") != "0":  # only rank 0 writes; the log has the trace
+            traceback.print_exc()
+            return EXIT_FAILED
+        return _failed(exc, workdir, events)
 
 
-def _failed(exc: Exception, workdir: Path, events: DbEvents | None) -> int:
+def _failed(exc: Exception, workdir: Path, events: DbEvents) -> int:
     """Record a deterministic failure (the worker fails the job with this text)."""
     traceback.print_exc()
     (workdir / "error.txt").write_text(f"{type(exc).__name__}: {exc}")
-    if events is not None:
-        try:
-            events.record("error", {"error": f"{type(exc).__name__}: {exc}"})
-        except LeaseLostError:
-            return EXIT_FENCED
+    try:
+        events.record("error", {"error": f"{type(exc).__name__}: {exc}"})
+    except LeaseLostError:
+        return EXIT_FENCED
     return EXIT_FAILED
 
 

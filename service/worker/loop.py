@@ -18,6 +18,7 @@ import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -117,16 +118,34 @@ class Worker:
     def _settle(self, claim: repo.Claim, exitcode: int | None, *, cancelled: bool) -> None:
         """Turn the child's exit into the job's next state (all writes fenced)."""
         job_id, token, t = claim.job_id, claim.token, now()
+        model, model_error = None, None
+        if exitcode == EXIT_OK and not cancelled:
+            try:  # read and hash the file before the write transaction, not inside it
+                model = self._model_facts(job_id)
+            except Exception as exc:
+                log.exception("job %s: cannot register its model", job_id)
+                model_error = f"training finished but its model cannot be registered: {exc}"
         with self.sessions() as session:
             if cancelled and exitcode in (EXIT_OK, EXIT_STOPPED):
                 repo.finish_job(
                     session, job_id=job_id, token=token, status="cancelled", error=None, now=t
                 )
-            elif exitcode == EXIT_OK:
+            elif exitcode == EXIT_OK and model is not None:
                 if repo.finish_job(
                     session, job_id=job_id, token=token, status="succeeded", error=None, now=t
                 ):
-                    self._register_model(session, job_id)
+                    job = repo.get_job(session, job_id)
+                    dataset = (
+                        repo.get_dataset(session, job.train_dataset_id)
+                        if job.train_dataset_id
+                        else None
+                    )
+                    name = f"{dataset.name if dataset else 'model'} ({job_id[:8]})"
+                    repo.create_model(session, job_id=job_id, name=name, now=t, **model)
+            elif exitcode == EXIT_OK:
+                repo.finish_job(
+                    session, job_id=job_id, token=token, status="failed", error=model_error, now=t
+                )
             elif exitcode == EXIT_STOPPED:
                 repo.release_job(session, job_id=job_id, token=token, now=t)
             elif exitcode == EXIT_FENCED:
@@ -155,8 +174,8 @@ class Worker:
         else:
             repo.release_job(session, job_id=claim.job_id, token=claim.token, now=now())
 
-    def _register_model(self, session: Session, job_id: str) -> None:
-        """The succeeded job's model row, in the transaction that marks the job succeeded."""
+    def _model_facts(self, job_id: str) -> dict[str, Any]:
+        """What the model row of a succeeded job holds, from its model file."""
         path = self.storage.model_file(job_id)
         card = read_card(path)
         test_file = self.storage.test_metrics_file(job_id)
@@ -166,22 +185,16 @@ class Worker:
             metrics, split = card.val_metrics.model_dump(mode="json"), "val"
         else:
             metrics, split = None, None
-        job = repo.get_job(session, job_id)
-        dataset = repo.get_dataset(session, job.train_dataset_id) if job.train_dataset_id else None
-        repo.create_model(
-            session,
-            job_id=job_id,
-            name=f"{dataset.name if dataset else 'model'} ({job_id[:8]})",
-            weights_path=str(path),
-            weights_sha256=sha256_file(path),
-            weights_bytes=path.stat().st_size,
-            classes=[c.model_dump() for c in card.classes],
-            recipe=card.recipe.model_dump(mode="json"),
-            score_thresholds=card.score_thresholds,
-            metrics=metrics,
-            metrics_split=split,
-            now=now(),
-        )
+        return {
+            "weights_path": str(path),
+            "weights_sha256": sha256_file(path),
+            "weights_bytes": path.stat().st_size,
+            "classes": [c.model_dump() for c in card.classes],
+            "recipe": card.recipe.model_dump(mode="json"),
+            "score_thresholds": card.score_thresholds,
+            "metrics": metrics,
+            "metrics_split": split,
+        }
 
     def _error_text(self, job_id: str) -> str | None:
         path: Path = self.storage.job_dir(job_id) / "error.txt"

@@ -53,26 +53,31 @@ def launch_ranks(
                 os.kill(process.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
+    first_bad: list[int] = []  # the abnormal exits seen at the first poll that saw any
     while any(p.is_alive() for p in ranks):
         for process in ranks:
             process.join(timeout=1)
         codes = [p.exitcode for p in ranks]
-        if any(c is not None and c not in (EXIT_OK, EXIT_STOPPED) for c in codes):
+        bad = [c for c in codes if c is not None and c not in (EXIT_OK, EXIT_STOPPED)]
+        if bad and not first_bad:
+            first_bad = bad
             # The others would wait for the failed rank in their next collective: end them.
             for process in ranks:
                 if process.is_alive():
                     process.kill()
             for process in ranks:
                 process.join()
-    return merge([p.exitcode for p in ranks])
+    return merge([p.exitcode for p in ranks], first_bad=first_bad)
 
 
-def merge(codes: list[int | None]) -> int:
-    """One exit code for the attempt: a failure or a kill anywhere decides; else rank 0's."""
-    if EXIT_FAILED in codes:
-        return EXIT_FAILED
-    if codes[0] == EXIT_FENCED:
-        return EXIT_FENCED
+def merge(codes: list[int | None], *, first_bad: list[int]) -> int:
+    """One exit code for the attempt. The first abnormal exits decide: a rank killed by a
+    signal (out of memory, say) means a retry, even when its peers then failed on the broken
+    connection; otherwise a failure; otherwise rank 0's code."""
+    if first_bad:
+        if any(c < 0 for c in first_bad):
+            return KILLED
+        return EXIT_FENCED if EXIT_FENCED in first_bad else EXIT_FAILED
     if any(c is None or c < 0 for c in codes):
         return KILLED
     return codes[0] if codes[0] is not None else KILLED

@@ -49,7 +49,8 @@ def test_thresholds_and_class_filter_do_what_they_say(
 ) -> None:
     predictor = Predictor.load(model_file)
     images = _images(trained_run)
-    low = predictor.predict(images, PredictOptions(score_threshold=0.0))
+    # Everything above 0, uncapped: the filters below must equal filtering this list.
+    low = predictor.predict(images, PredictOptions(score_threshold=0.0, max_detections=10_000))
     high = predictor.predict(images, PredictOptions(score_threshold=0.3))
     for a, b in zip(low, high, strict=True):
         assert all(d.score >= 0.3 for d in b)
@@ -65,11 +66,19 @@ def test_thresholds_and_class_filter_do_what_they_say(
         assert b == expected
     only = predictor.predict(images, PredictOptions(score_threshold=0.0, class_ids=(2,)))
     for a, b in zip(low, only, strict=True):
-        assert b == [d for d in a if d.category_id == 2]
+        assert b == [d for d in a if d.category_id == 2][:100]  # the recipe's cap
     few = predictor.predict(images, PredictOptions(score_threshold=0.0, max_detections=3))
+    # The filters apply before the cap: a rare class keeps its detections under a small cap.
+    capped = predictor.predict(
+        images, PredictOptions(score_threshold=0.0, class_ids=(3,), max_detections=5)
+    )
+    for a, b in zip(low, capped, strict=True):
+        assert b == [d for d in a if d.category_id == 3][:5]
     assert all(len(d) <= 3 for d in few) and few[0] == low[0][:3]
     with pytest.raises(ValueError, match=r"unknown class ids \[7\]"):
         predictor.predict(images, PredictOptions(class_ids=(7,)))
+    with pytest.raises(ValueError, match="tiles"):  # bounded work, whatever is asked
+        predictor.predict([images[0].repeat(1, 20, 20)], PredictOptions(tile_size=64))
 
 
 def test_tiled_inference_maps_tiles_back_to_the_image(

@@ -61,6 +61,14 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _answers(url: str) -> bool:
+    """GET ``url`` answers 200 (a server not up yet answers nothing)."""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @contextmanager
 def _worker(data_dir: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A ``retinanet worker`` process, stopped with SIGTERM on the way out."""
@@ -89,15 +97,8 @@ def api(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         ["serve", "--port", str(port), "--workers", "0"], data_dir, tmp_path / "api.log"
     )
     url = f"http://127.0.0.1:{port}"
-
-    def live() -> bool:
-        try:
-            return httpx.get(f"{url}/health/live", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        _wait(live, DEADLINE_S, "the API")
+        _wait(lambda: _answers(f"{url}/health/live"), DEADLINE_S, "the API")
         yield url, data_dir
     finally:
         server.terminate()
@@ -293,15 +294,9 @@ def test_serve_runs_a_worker_and_stops_it_on_sigterm(tmp_path: Path) -> None:
     data_dir, port = tmp_path / "data", _free_port()
     server = _start(["serve", "--port", str(port)], data_dir, tmp_path / "serve.log")
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/health/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        _wait(ready, DEADLINE_S, "the embedded worker")  # ready means a worker heartbeat was seen
+        # Ready means a worker heartbeat was seen.
+        _wait(lambda: _answers(f"{url}/health/ready"), DEADLINE_S, "the embedded worker")
         with sqlite3.connect(data_dir / "retinanet.db") as db:
             (pid,) = db.execute("SELECT pid FROM workers").fetchone()
     finally:

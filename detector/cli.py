@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from detector.config import RecipeError, load_recipe
 from detector.data.shapes import SHAPES, ShapesSpec, make_shapes_splits
 from detector.data.validate import DatasetError, load_coco, validate_coco
 from detector.draw import draw_detections
-from detector.engine.callbacks import JsonlEvents, ProgressBar
+from detector.engine.callbacks import JsonlEvents, ProgressBar, StopOnSignal
 from detector.engine.checkpoint import BEST, LAST
 from detector.engine.trainer import AnchorFitWarning, NonFiniteLossError, fit
 from detector.export import ExportMismatchError, export_onnx
@@ -208,15 +209,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.recipe, [*_data_overrides(args), *args.overrides])
     if args.data_test is not None:
         _require_file(args.data_test[0], "test annotations")
-    callbacks = [ProgressBar(), JsonlEvents(path=args.out / "events.jsonl")]
+    stopper = StopOnSignal((signal.SIGTERM, signal.SIGINT))
+    callbacks = [ProgressBar(), JsonlEvents(path=args.out / "events.jsonl"), stopper]
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), stopper:
             warnings.simplefilter("ignore", AnchorFitWarning)  # ProgressBar prints the whole fit
             result = fit(cfg, args.out, callbacks=callbacks, resume=args.resume)
     except NonFiniteLossError as exc:
         raise CliError(
             f"{exc}; the last good checkpoint is kept in {args.out / 'checkpoints'}"
         ) from None
+    if stopper.received is not None:
+        # A preempted run is not a finished one: exit as the signal would have, once saved.
+        if result.rank == 0:
+            print(
+                f"{result.stop_reason} after iteration {result.iterations}; "
+                f"{args.out / 'checkpoints' / LAST} saved, continue with --resume",
+                file=sys.stderr,
+            )
+        return 128 + stopper.received.value
     if result.rank != 0:  # torchrun: rank 0 reports
         return EXIT_OK
     print(

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from types import FrameType
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from tqdm import tqdm
 
@@ -94,7 +97,13 @@ class Trainer(Protocol):
 
 
 class Callback:
-    """Base class; override the hooks you need."""
+    """Base class; override the hooks you need.
+
+    In a data-parallel run only rank 0 runs the caller's callbacks (they report and write),
+    unless the class sets ``all_ranks``: it then runs in every process.
+    """
+
+    all_ranks: ClassVar[bool] = False
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Before the first step (also after a resume)."""
@@ -163,6 +172,45 @@ class Checkpointer(Callback):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         save_atomic(trainer.checkpoint(), self.directory / LAST)
+
+
+class StopOnSignal(Callback):
+    """A signal (SIGTERM: a preemption, ``docker stop``, a cancelled job) stops the run after
+    the current step; fit then writes ``last.pt`` and a resume continues exactly.
+
+    A context manager: the handlers are installed for the ``with`` block (main thread only)
+    and the previous ones restored after it, so a signal that comes while the run is still
+    being set up is kept too. Runs on every rank: each process gets the signal (torchrun and
+    the worker forward it) and the ranks agree on the stop at the end of the step. With SIGINT
+    listed, a second Ctrl-C aborts at once.
+    """
+
+    all_ranks: ClassVar[bool] = True
+
+    def __init__(self, signals: Sequence[signal.Signals] = (signal.SIGTERM,)) -> None:
+        self.signals = tuple(signals)
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum)
+
+    def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
+        if self.received is not None:
+            trainer.state.should_stop = True
+            trainer.state.stop_reason = f"stopped by {self.received.name}"
 
 
 class EarlyStopping(Callback):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -161,8 +162,7 @@ class TrainingLoop:
             self.callbacks.append(
                 EarlyStopping(metric=es.metric, patience=es.patience, min_delta=es.min_delta)
             )
-        if self.dist.is_main:
-            self.callbacks.extend(callbacks)
+        self.callbacks.extend(cb for cb in callbacks if self.dist.is_main or cb.all_ranks)
         self.last_metrics: CocoMetrics | None = None
 
     @property
@@ -315,6 +315,7 @@ class TrainingLoop:
             num_workers=self.cfg.data.num_workers,
             collate_fn=collate_detection,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=_ignore_stop_signals,
         )
         for images, targets in loader:
             yield (
@@ -382,6 +383,15 @@ class TrainingLoop:
         )
         for cb in self.callbacks:
             cb.on_epoch_end(self, event)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers get the stop signals too (the terminal's Ctrl-C, torchrun's process-group
+    SIGTERM). The run must stop through the main process, which checkpoints and then shuts
+    them down, so they must not die mid-batch under it."""
+    del worker_id
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:

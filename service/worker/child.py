@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from dataclasses import asdict
@@ -32,7 +31,7 @@ from detector import (
     load_recipe,
     save_model_file,
 )
-from detector.engine.callbacks import ProgressBar, Trainer, start_payload
+from detector.engine.callbacks import ProgressBar, StopOnSignal, Trainer, start_payload
 from service.settings import Settings
 from service.storage import Storage
 from service.store import repo
@@ -89,19 +88,6 @@ class DbEvents(Callback):
         self.record("epoch", event.to_json())
 
 
-class StopOnSignal(Callback):
-    """SIGTERM asks the run to stop after the current step; fit then writes ``last.pt``."""
-
-    def __init__(self) -> None:
-        self.requested = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
-
-    def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
-        if self.requested.is_set():
-            trainer.state.should_stop = True
-            trainer.state.stop_reason = "stopped by SIGTERM"
-
-
 def run_child(settings: Settings, job_id: str, token: int) -> None:
     """Entry point of the child process (multiprocessing, spawn)."""
     die_with_parent()
@@ -140,13 +126,13 @@ def train_job(
     workdir = storage.job_dir(job_id)
     sessions = session_factory(make_engine(settings.db_url))
     events = DbEvents(sessions=sessions, job_id=job_id, token=token)
-    stopper = StopOnSignal()
     try:
         cfg = load_recipe(workdir / "recipe.yaml")
-        result = fit(
-            cfg, workdir, callbacks=[ProgressBar(log_every=10), events, stopper], resume=True
-        )
-        if stopper.requested.is_set() or result.stop_reason == "stopped by SIGTERM":
+        with StopOnSignal() as stopper:
+            result = fit(
+                cfg, workdir, callbacks=[ProgressBar(log_every=10), events, stopper], resume=True
+            )
+        if stopper.received is not None:
             return EXIT_STOPPED
         if result.rank != 0:
             return EXIT_OK

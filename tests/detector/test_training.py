@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from detector.config import TrainConfig
 from detector.data.coco import CocoDetection
 from detector.data.transforms import build_transforms
-from detector.engine.callbacks import Callback, StepEvent, Trainer
+from detector.engine.callbacks import Callback, StepEvent, StopOnSignal, Trainer
 from detector.engine.checkpoint import BEST, LAST, load_checkpoint
 from detector.engine.trainer import NonFiniteLossError, fit
 from detector.evaluate.runner import evaluate
@@ -30,6 +32,17 @@ class StopAt(Callback):
     def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
         if event.iteration == self.n:
             raise KeyboardInterrupt
+
+
+class SignalAt(Callback):
+    """Sends this process a real SIGTERM during iteration ``n``'s callbacks (a preemption)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
+        if event.iteration == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.mark.slow
@@ -81,8 +94,15 @@ def test_resume_is_exact(shapes: Path, tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         fit(_recipe(shapes, *overrides), parts, callbacks=[StopAt(4)])  # mid epoch 1 of 6 batches
     assert load_checkpoint(parts / "checkpoints" / LAST)["state"]["iteration"] == 4
-    with pytest.raises(KeyboardInterrupt):
-        fit(_recipe(shapes, *overrides), parts, callbacks=[StopAt(8)], resume=True)  # in epoch 2
+    # In epoch 2, a SIGTERM: the run stops after that step and saves it (no periodic save due).
+    before = signal.getsignal(signal.SIGTERM)
+    with StopOnSignal() as stopper:
+        stopped = fit(
+            _recipe(shapes, *overrides), parts, callbacks=[SignalAt(7), stopper], resume=True
+        )
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the caller's again
+    assert (stopped.iterations, stopped.stop_reason) == (7, "stopped by SIGTERM")
+    assert load_checkpoint(parts / "checkpoints" / LAST)["state"]["iteration"] == 7
     fit(_recipe(shapes, *overrides), parts, resume=True)
     a = load_checkpoint(whole / "checkpoints" / LAST)
     b = load_checkpoint(parts / "checkpoints" / LAST)

@@ -13,6 +13,8 @@ long or frequent readers (listings, event streams) never wait for or block write
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -65,11 +67,30 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> N
     try:
         # busy_timeout first: switching to WAL needs a lock that another process may hold.
         cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        # WAL: readers never block the writer, so the API stays responsive while workers write.
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(cursor)
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch the database to WAL: readers never block the writer, so the API stays responsive
+    while workers write.
+
+    SQLite answers "database is locked" at once, without calling the busy handler, when
+    another connection holds the lock this switch needs (several processes opening a new
+    database together: the API, its worker, ``retinanet migrate``). Retry up to the busy
+    timeout instead of failing the process.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _on_sqlite_begin(conn: Connection) -> None:

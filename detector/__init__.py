@@ -13,6 +13,7 @@ from detector.data.validate import (
     validate_coco,
 )
 from detector.engine.callbacks import Callback, EpochEvent, StepEvent
+from detector.engine.distributed import local_devices
 from detector.engine.trainer import FitResult, NonFiniteLossError, fit
 from detector.evaluate.coco import CocoMetrics
 from detector.export import ExportMismatchError, OnnxExport, ParityReport, export_onnx
@@ -42,6 +43,7 @@ __all__ = [
     "fit",
     "load_coco",
     "load_recipe",
+    "local_devices",
     "read_card",
     "read_rgb",
     "recipe_from_dict",

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import Depends, FastAPI
 
 from detector import Predictor
-from service.api import datasets, health, jobs, models
+from service.api import datasets, health, jobs, models, workers
 from service.api.deps import require_api_key
 from service.errors import install_error_handlers
 from service.inference import BatchingRunner, ModelCache
@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(datasets.router, dependencies=protected)
     app.include_router(jobs.router, dependencies=protected)
     app.include_router(models.router, dependencies=protected)
+    app.include_router(workers.router, dependencies=protected)
     return app
 
 

@@ -154,6 +154,10 @@ class Client:
 
     # -- models -----------------------------------------------------------------------------
 
+    def workers(self, *, stale: bool = False) -> dict[str, Any]:
+        """The live workers (all ever seen with ``stale``), each with its devices and job."""
+        return dict(self._call("GET", "/v1/workers", params={"stale": stale}))
+
     def models(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
         return dict(self._call("GET", "/v1/models", params={"limit": limit, "offset": offset}))
 

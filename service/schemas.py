@@ -197,3 +197,21 @@ class ExportPublic(_Body):
     bytes: int
     parity: dict[str, Any] = Field(description="onnxruntime vs PyTorch on sample images")
     download: str = Field(description="GET this path for the file")
+
+
+class WorkerPublic(_Body):
+    id: str
+    host: str
+    pid: int
+    devices: int = Field(description="the most processes (GPUs) it gives one job")
+    last_seen_at: datetime
+    alive: bool = Field(description="seen within RETINANET_WORKER_STALE_S")
+    job_id: str | None = Field(description="the job it is running, if any")
+
+
+class WorkersPublic(_Body):
+    data: list[WorkerPublic]
+    count: int
+    max_devices: int = Field(
+        description="the most devices a job can ask for and be run by a live worker (0: none)"
+    )

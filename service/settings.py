@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_attempts: Annotated[int, Field(gt=0)] = 3
     worker_stale_s: Annotated[float, Field(gt=0)] = 120.0
     """/health/ready fails when no worker was seen for this long."""
+    worker_devices: Annotated[int, Field(gt=0)] | None = None
+    """The most processes (GPUs) a worker gives one job; default: the GPUs it sees, or its
+    CPU cores when it has none. A job that asks for more waits for a worker that has them."""
     predict_device: str = "auto"
     """Where the API runs inference: ``auto`` (CUDA when present), ``cpu``, ``cuda:0``..."""
     model_cache_models: Annotated[int, Field(gt=0)] = 2

@@ -115,3 +115,11 @@ def from_env(device: torch.device) -> Dist:
             timeout=datetime.timedelta(minutes=30),  # evaluation on rank 0 can take a while
         )
     return found
+
+
+def local_devices() -> int:
+    """How many processes this host can train one job on: its visible GPUs, or, with none,
+    the CPU cores this process may use (each Gloo process then takes a share of them)."""
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -55,9 +55,17 @@ def add_event(
 
 
 def claim_next_job(
-    factory: sessionmaker[Session], *, worker_id: str, lease_s: float, now: datetime
+    factory: sessionmaker[Session],
+    *,
+    worker_id: str,
+    lease_s: float,
+    now: datetime,
+    max_devices: int | None = None,
 ) -> Claim | None:
     """Claim the highest-priority, oldest queued job for ``worker_id``; None if none is queued.
+
+    With ``max_devices``, only jobs that ask for at most that many processes (GPUs): a bigger
+    job waits for a worker that has them, and the smaller ones behind it go ahead.
 
     One write transaction: expired leases are settled first (re-queued, or failed after
     ``max_attempts``), then the job is marked running with a new lease and fencing token.
@@ -68,9 +76,10 @@ def claim_next_job(
         # Forced even if the factory is read-only: claiming must hold the SQLite write lock.
         session.connection(execution_options=WRITE_TRANSACTION)
         _settle_expired_leases(session, now=now)
+        fits = [] if max_devices is None else [Job.devices <= max_devices]
         job = session.scalars(
             select(Job)
-            .where(Job.status == "queued")
+            .where(Job.status == "queued", *fits)
             .order_by(Job.priority.desc(), Job.created_at, Job.id)
             .limit(1)
             .with_for_update(skip_locked=True)

@@ -65,6 +65,7 @@ __all__ = [
     "list_datasets",
     "list_jobs",
     "list_models",
+    "list_workers",
     "record_event",
     "release_job",
     "request_cancel",
@@ -327,15 +328,35 @@ def epoch_events(session: Session, job_id: str) -> list[JobEvent]:
 # ---------------------------------------------------------------------------- workers
 
 
-def worker_seen(session: Session, *, worker_id: str, host: str, pid: int, now: datetime) -> None:
-    """Record that the worker is alive (insert or update its row)."""
+def worker_seen(
+    session: Session, *, worker_id: str, host: str, pid: int, devices: int, now: datetime
+) -> None:
+    """Record that the worker is alive and what it offers (insert or update its row)."""
     # Read-then-write is race-free here: a worker id belongs to exactly one process.
     worker = session.get(Worker, worker_id)
     if worker is None:
-        session.add(Worker(id=worker_id, host=host, pid=pid, seen_at=now))
+        session.add(Worker(id=worker_id, host=host, pid=pid, devices=devices, seen_at=now))
     else:
-        worker.host, worker.pid, worker.seen_at = host, pid, now
+        worker.host, worker.pid, worker.devices, worker.seen_at = host, pid, devices, now
     session.flush()
+
+
+def list_workers(
+    session: Session, *, seen_since: datetime | None
+) -> list[tuple[Worker, str | None]]:
+    """Workers seen since ``seen_since`` (None: ever), newest first, each with the job it
+    holds (or None)."""
+    held = (
+        select(Job.id)
+        .where(Job.status == "running", Job.lease_owner == Worker.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    recent = [] if seen_since is None else [Worker.seen_at >= seen_since]
+    rows = session.execute(
+        select(Worker, held).where(*recent).order_by(Worker.seen_at.desc(), Worker.id)
+    ).all()
+    return [(worker, job_id) for worker, job_id in rows]
 
 
 def last_worker_seen(session: Session) -> datetime | None:

@@ -161,7 +161,8 @@ class JobEvent(Base):
 
 
 class Worker(Base):
-    """A worker process that polled the store; ``seen_at`` feeds the readiness check."""
+    """A worker process that polled the store; ``seen_at`` feeds the readiness check and
+    ``GET /v1/workers``."""
 
     __tablename__ = "workers"
 
@@ -169,6 +170,8 @@ class Worker(Base):
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    devices: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    """The most processes (GPUs) it gives one job; it claims no job that asks for more."""
 
 
 class Model(Base):

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from detector import read_card, sha256_file
+from detector import local_devices, read_card, sha256_file
 from service.settings import Settings
 from service.storage import Storage
 from service.store import repo
@@ -43,6 +43,7 @@ class Worker:
         self.settings = settings
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.storage = Storage(settings.data_dir)
+        self.devices = settings.worker_devices or local_devices()
         self._stopping = threading.Event()
         self._sessions: sessionmaker[Session] | None = None
 
@@ -61,11 +62,20 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
-        log.info("worker %s started on %s", self.id, self.settings.db_url.split("@")[-1])
+        log.info(
+            "worker %s started on %s; jobs of up to %d device(s)",
+            self.id,
+            self.settings.db_url.split("@")[-1],
+            self.devices,
+        )
         while not self._stopping.is_set():
             self._seen()
             claim = repo.claim_next_job(
-                self.sessions, worker_id=self.id, lease_s=self.settings.lease_s, now=now()
+                self.sessions,
+                worker_id=self.id,
+                lease_s=self.settings.lease_s,
+                now=now(),
+                max_devices=self.devices,
             )
             if claim is None:
                 self._stopping.wait(self.settings.poll_s)
@@ -76,7 +86,12 @@ class Worker:
     def _seen(self) -> None:
         with self.sessions() as session:
             repo.worker_seen(
-                session, worker_id=self.id, host=socket.gethostname(), pid=os.getpid(), now=now()
+                session,
+                worker_id=self.id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                devices=self.devices,
+                now=now(),
             )
             session.commit()
 

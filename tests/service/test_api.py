@@ -6,6 +6,7 @@ import io
 import json
 import zipfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 from detector.data.shapes import ShapesSpec, make_shapes
 from service.app import create_app
 from service.settings import Settings, hash_key
+from service.store import repo
 
 KEY = "api-test-key"
 AUTH = {"X-API-Key": KEY}
@@ -237,3 +239,23 @@ def test_jobs_validation_idempotency_cancel_and_404s(
         response = client.get(path, headers=AUTH)
         assert response.status_code == 404 and response.json()["error"]["code"] == "not_found", path
     assert client.get("/v1/jobs", headers=AUTH, params={"status": "bogus"}).status_code == 422
+
+
+def test_workers_lists_the_live_ones_with_their_devices_and_jobs(client: TestClient) -> None:
+    now = datetime.now(UTC)
+    sessions = client.app.state.sessions  # type: ignore[attr-defined]
+    with sessions.begin() as session:
+        repo.worker_seen(session, worker_id="gpu-box", host="a", pid=7, devices=4, now=now)
+        repo.worker_seen(
+            session, worker_id="gone", host="b", pid=8, devices=8, now=now - timedelta(hours=1)
+        )
+    live = client.get("/v1/workers", headers=AUTH).json()
+    assert (live["count"], live["max_devices"]) == (1, 4)  # the stale 8-GPU worker takes nothing
+    assert live["data"][0]["id"] == "gpu-box" and live["data"][0]["alive"] is True
+    every = client.get("/v1/workers", headers=AUTH, params={"stale": "true"}).json()
+    assert [(w["id"], w["devices"], w["alive"]) for w in every["data"]] == [
+        ("gpu-box", 4, True),
+        ("gone", 8, False),
+    ]
+    assert every["max_devices"] == 4
+    assert client.get("/v1/workers").status_code == 401

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from detector import local_devices
 from detector.data.shapes import ShapesSpec, make_shapes_splits
 from detector.engine.checkpoint import load_checkpoint
 from service.client import ApiClientError, Client
@@ -299,6 +300,14 @@ def test_serve_runs_a_worker_and_stops_it_on_sigterm(tmp_path: Path) -> None:
         _wait(lambda: _answers(f"{url}/health/ready"), DEADLINE_S, "the embedded worker")
         with sqlite3.connect(data_dir / "retinanet.db") as db:
             (pid,) = db.execute("SELECT pid FROM workers").fetchone()
+        # It reports what it offers: this host's GPUs, or its cores without one.
+        with Client(url, api_key=API_KEY) as client:
+            workers = client.workers()
+        assert workers["count"] == 1 and workers["max_devices"] == local_devices()
+        assert workers["data"][0] | {"last_seen_at": None} == {
+            "id": workers["data"][0]["id"], "host": socket.gethostname(), "pid": pid,
+            "devices": local_devices(), "last_seen_at": None, "alive": True, "job_id": None,
+        }  # fmt: skip
     finally:
         server.terminate()
         assert server.wait(timeout=60) == 0

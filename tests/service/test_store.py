@@ -47,6 +47,20 @@ def test_claim_order_is_priority_then_age(factory, dataset_id):
     assert [c.job_id if c else None for c in order] == [old_high, new_high, old_low, None]
 
 
+def test_a_worker_claims_only_jobs_that_fit_its_devices(factory, dataset_id):
+    big = add_job(factory, dataset_id, now=at(0), priority=5, devices=4)
+    small = add_job(factory, dataset_id, now=at(1), devices=2)
+    one = repo.claim_next_job(factory, worker_id="w2", lease_s=LEASE_S, now=at(2), max_devices=2)
+    assert one is not None and one.job_id == small  # the bigger job waits; the next one goes
+    assert (
+        repo.claim_next_job(factory, worker_id="w2", lease_s=LEASE_S, now=at(3), max_devices=2)
+        is None
+    )
+    assert job(factory, big).status == "queued"
+    other = repo.claim_next_job(factory, worker_id="w8", lease_s=LEASE_S, now=at(4), max_devices=8)
+    assert other is not None and other.job_id == big
+
+
 def test_a_claimed_job_is_running_and_not_claimed_again(factory, dataset_id):
     job_id = add_job(factory, dataset_id)
     first = claim(factory, "w1", now=at(1))
@@ -284,15 +298,22 @@ def test_events_progress_pages_and_epochs(factory, dataset_id):
         assert [e.payload["i"] for e in repo.epoch_events(session, job_id)] == [2, 4]
 
 
-def test_worker_seen_upserts_and_reports_the_latest(factory):
+def test_worker_seen_upserts_and_reports_the_latest(factory, dataset_id):
     with factory.begin() as session:
         assert repo.last_worker_seen(session) is None
-        repo.worker_seen(session, worker_id="w1", host="a", pid=1, now=at(1))
-        repo.worker_seen(session, worker_id="w2", host="b", pid=2, now=at(2))
+        repo.worker_seen(session, worker_id="w1", host="a", pid=1, devices=1, now=at(1))
+        repo.worker_seen(session, worker_id="w2", host="b", pid=2, devices=8, now=at(2))
     with factory.begin() as session:
-        repo.worker_seen(session, worker_id="w1", host="a", pid=3, now=at(5))
+        repo.worker_seen(session, worker_id="w1", host="a", pid=3, devices=2, now=at(5))
+    held = add_job(factory, dataset_id)
+    claim(factory, "w2", now=at(6))
     with factory() as session:
         assert repo.last_worker_seen(session) == at(5)
+        listed = [
+            (w.id, w.pid, w.devices, job) for w, job in repo.list_workers(session, seen_since=None)
+        ]
+        assert listed == [("w1", 3, 2, None), ("w2", 2, 8, held)]
+        assert [w.id for w, _ in repo.list_workers(session, seen_since=at(3))] == ["w1"]
 
 
 # ---------------------------------------------------------------------------- concurrency

@@ -1,0 +1,43 @@
+"""``/v1/workers``: the workers polling this store, what each offers and what it runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from service.api.deps import SessionDep, SettingsDep
+from service.schemas import ErrorBody, WorkerPublic, WorkersPublic
+from service.store import repo
+
+router = APIRouter(prefix="/v1/workers", tags=["workers"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}}
+
+
+@router.get("", response_model=WorkersPublic, responses=_ERRORS)
+def list_workers(
+    session: SessionDep,
+    settings: SettingsDep,
+    stale: Annotated[bool, Query(description="also list workers not seen lately")] = False,
+) -> WorkersPublic:
+    """Live workers (seen within ``RETINANET_WORKER_STALE_S``), or all ever seen with
+    ``stale=true``. ``max_devices`` is the biggest job some live worker would claim: a job
+    asking for more stays queued until such a worker comes."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=settings.worker_stale_s)
+    rows = repo.list_workers(session, seen_since=None if stale else cutoff)
+    data = [
+        WorkerPublic(
+            id=worker.id,
+            host=worker.host,
+            pid=worker.pid,
+            devices=worker.devices,
+            last_seen_at=worker.seen_at,
+            alive=worker.seen_at >= cutoff,
+            job_id=job_id,
+        )
+        for worker, job_id in rows
+    ]
+    alive = [w.devices for w in data if w.alive]
+    return WorkersPublic(data=data, count=len(data), max_devices=max(alive, default=0))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,10 @@ class ParityReport(BaseModel):
     torch_detections: int
     onnx_detections: int
     matched: int
+    borderline: int = 0
+    """Unmatched detections whose score is within ``score_atol`` of the score threshold or
+    of the lowest score the detection cap kept: a difference far below the tolerance decides
+    whether such a detection is kept, so it does not count against parity."""
     max_box_diff_px: float
     max_score_diff: float
     box_atol_px: float = BOX_ATOL_PX
@@ -62,18 +67,20 @@ class ParityReport(BaseModel):
 
     @property
     def ok(self) -> bool:
+        unmatched = self.torch_detections + self.onnx_detections - 2 * self.matched
         return (
-            self.matched == self.torch_detections == self.onnx_detections
+            unmatched == self.borderline
             and self.max_box_diff_px <= self.box_atol_px
             and self.max_score_diff <= self.score_atol
         )
 
     def summary(self) -> str:
         verdict = "agree" if self.ok else "DISAGREE"
+        borderline = f" (+{self.borderline} at the threshold)" if self.borderline else ""
         return (
             f"onnxruntime and PyTorch {verdict} on {self.images} images: "
             f"{self.matched} of {self.torch_detections} PyTorch / {self.onnx_detections} ONNX "
-            f"detections matched; max box diff {self.max_box_diff_px:.2g} px "
+            f"detections matched{borderline}; max box diff {self.max_box_diff_px:.2g} px "
             f"(tolerance {self.box_atol_px}), max score diff {self.max_score_diff:.2g} "
             f"(tolerance {self.score_atol})"
         )
@@ -190,7 +197,7 @@ def check_parity(predictor: Predictor, onnx_path: Path, images: Sequence[Tensor]
     o_boxes, o_scores = runner(batch)
     per_level = predictor.dense.anchors_per_level(size[0], size[1])
     options = _model_select_options(predictor)
-    counts = [0, 0, 0]
+    counts = Counter[str]()
     box_diff = score_diff = 0.0
     for i, hw in enumerate(sizes):
         a = select_detections(
@@ -199,16 +206,16 @@ def check_parity(predictor: Predictor, onnx_path: Path, images: Sequence[Tensor]
         b = select_detections(
             o_boxes[i], o_scores[i], anchors_per_level=per_level, image_size=hw, options=options
         )
-        matched, bd, sd = _match(a, b)
-        counts[0] += len(a.scores)
-        counts[1] += len(b.scores)
-        counts[2] += matched
-        box_diff, score_diff = max(box_diff, bd), max(score_diff, sd)
+        found = compare_detections(a, b, options=options)
+        counts.update(torch=len(a.scores), onnx=len(b.scores), matched=found.matched)
+        counts.update(borderline=found.borderline)
+        box_diff, score_diff = max(box_diff, found.box_diff), max(score_diff, found.score_diff)
     return ParityReport(
         images=len(images),
-        torch_detections=counts[0],
-        onnx_detections=counts[1],
-        matched=counts[2],
+        torch_detections=counts["torch"],
+        onnx_detections=counts["onnx"],
+        matched=counts["matched"],
+        borderline=counts["borderline"],
         max_box_diff_px=box_diff,
         max_score_diff=score_diff,
     )
@@ -224,14 +231,27 @@ def _model_select_options(predictor: Predictor) -> SelectOptions:
     )
 
 
-def _match(a: Detections, b: Detections) -> tuple[int, float, float]:
-    """Pairs each detection of ``a`` with the unused one of ``b`` of the same class and the
-    nearest box; returns (pairs, worst box diff, worst score diff) over the pairs."""
+@dataclass(frozen=True)
+class Comparison:
+    matched: int
+    """Pairs of the same class (each detection of ``a`` with the nearest unused box of ``b``)."""
+    borderline: int
+    """Unmatched detections (of either side) at the threshold or the cap's cut."""
+    box_diff: float
+    """Worst coordinate difference over the pairs (pixels)."""
+    score_diff: float
+
+
+def compare_detections(a: Detections, b: Detections, *, options: SelectOptions) -> Comparison:
+    """Pairs the detections of two runtimes on one image, and counts the unmatched ones that
+    sit at the edge of what ``options`` keeps (see ``ParityReport.borderline``)."""
     used = torch.zeros(len(b.scores), dtype=torch.bool)
+    unmatched_a: list[float] = []
     matched, box_diff, score_diff = 0, 0.0, 0.0
     for box, score, label in zip(a.boxes, a.scores, a.labels, strict=True):
         candidates = (b.labels == label) & ~used
         if not candidates.any():
+            unmatched_a.append(float(score))
             continue
         dist = (b.boxes - box).abs().amax(dim=1).masked_fill(~candidates, float("inf"))
         j = int(dist.argmin())
@@ -239,7 +259,21 @@ def _match(a: Detections, b: Detections) -> tuple[int, float, float]:
         matched += 1
         box_diff = max(box_diff, float(dist[j]))
         score_diff = max(score_diff, float((b.scores[j] - score).abs()))
-    return matched, box_diff, score_diff
+    unmatched_b = [float(s) for s in b.scores[~used]]
+    borderline = sum(_at_the_edge(s, a, options) for s in unmatched_a)
+    borderline += sum(_at_the_edge(s, b, options) for s in unmatched_b)
+    return Comparison(
+        matched=matched, borderline=borderline, box_diff=box_diff, score_diff=score_diff
+    )
+
+
+def _at_the_edge(score: float, kept: Detections, options: SelectOptions) -> bool:
+    """Whether ``score`` is within the tolerance of the threshold, or of the lowest score
+    kept when the detection cap was reached (a tie at the cut)."""
+    if abs(score - options.score_threshold) <= SCORE_ATOL:
+        return True
+    capped = len(kept.scores) >= options.max_detections
+    return capped and score <= float(kept.scores.min()) + SCORE_ATOL
 
 
 def _add_metadata(path: Path, predictor: Predictor, size: tuple[int, int]) -> None:

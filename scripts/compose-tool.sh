@@ -8,5 +8,5 @@ fi
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo -- "$@"; fi
 }
-as_root apt-get update -qq >&2
-as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >&2
+as_root apt-get -o Acquire::Retries=5 update -qq >&2
+as_root env DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Retries=5 install -y -qq docker-compose >&2

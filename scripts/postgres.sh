@@ -36,8 +36,8 @@ server_bin() {
 install_if_missing() {
   if [ -n "$(server_bin)" ]; then return; fi
   log "no PostgreSQL server binaries found; installing Debian's postgresql package"
-  as_root apt-get update -qq >&2
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+  as_root apt-get -o Acquire::Retries=5 update -qq >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Retries=5 install -y -qq postgresql >&2
 }
 
 # Debian/Ubuntu: start (or create) a cluster with pg_ctlcluster; sets PORT to its port.

@@ -79,10 +79,14 @@ def test_two_process_run_learns_like_one_and_writes_one_set_of_artifacts(
 
 
 def _steps_done(events: Path) -> int:
-    if not events.exists():
-        return 0
-    lines = events.read_text().splitlines()
-    return max((json.loads(x)["iteration"] for x in lines if '"type": "step"' in x), default=0)
+    """The last step rank 0 logged (the line it is writing may still be partial)."""
+    lines = events.read_text().splitlines() if events.exists() else []
+    done = 0
+    for line in lines:
+        with contextlib.suppress(json.JSONDecodeError):
+            if (event := json.loads(line))["type"] == "step":
+                done = event["iteration"]
+    return done
 
 
 @pytest.mark.slow

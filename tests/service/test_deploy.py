@@ -48,7 +48,11 @@ def test_compose_is_valid_and_wires_the_services() -> None:
     services = config["services"]
     assert {"postgres", "migrate", "api", "worker", "worker-cpu"} <= set(services)
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert gpu == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    # Compose v1 keeps "all"; v2 resolves it to -1 (its spelling of all GPUs).
+    assert gpu in (
+        [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}],
+        [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}],
+    )
     assert "deploy" not in services["worker-cpu"]
     assert services["worker"]["profiles"] == ["gpu"] and services["worker-cpu"]["profiles"] == [
         "cpu"

@@ -70,6 +70,12 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _up(server: subprocess.Popen[bytes], url: str) -> bool:
+    """``url`` answers; fails at once if the server exited (a port taken since we picked it)."""
+    assert server.poll() is None, f"the server exited with {server.returncode}; see its log"
+    return _answers(url)
+
+
 @contextmanager
 def _worker(data_dir: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A ``retinanet worker`` process, stopped with SIGTERM on the way out."""
@@ -99,7 +105,7 @@ def api(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: _answers(f"{url}/health/live"), DEADLINE_S, "the API")
+        _wait(lambda: _up(server, f"{url}/health/live"), DEADLINE_S, "the API")
         yield url, data_dir
     finally:
         server.terminate()
@@ -266,7 +272,7 @@ def test_sigterm_checkpoints_and_releases_for_the_next_worker(
         job = client.create_job(
             train_dataset_id=train["id"], recipe="shapes_tiny", devices=devices,
             recipe_overrides={
-                **SIZES, "solver": {"epochs": 4, "steps": [3]}, "checkpoint_period_iters": 1000
+                **SIZES, "solver": {"epochs": 8, "steps": [6]}, "checkpoint_period_iters": 1000
             },
         )  # fmt: skip
         first = _start(["worker"], data_dir, tmp_path / "worker1.log")
@@ -297,7 +303,7 @@ def test_serve_runs_a_worker_and_stops_it_on_sigterm(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         # Ready means a worker heartbeat was seen.
-        _wait(lambda: _answers(f"{url}/health/ready"), DEADLINE_S, "the embedded worker")
+        _wait(lambda: _up(server, f"{url}/health/ready"), DEADLINE_S, "the embedded worker")
         with sqlite3.connect(data_dir / "retinanet.db") as db:
             (pid,) = db.execute("SELECT pid FROM workers").fetchone()
         # It reports what it offers: this host's GPUs, or its cores without one.

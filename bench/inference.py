@@ -175,7 +175,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--requests", type=int, default=16, help="requests per thread per round")
     p.add_argument("--image", type=Path, default=None, help="default: a BCCD image, if present")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the APIs and the bare model run inference (same for both; the ONNX "
+        "comparison runs on the CPU); default: cuda when present",
+    )
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device available")
+    device_env = {"RETINANET_PREDICT_DEVICE": args.device}
     image_path = args.image or next(iter(sorted(BCCD_IMAGE.glob("*.jpg"))), None)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -185,14 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             write_png(torch.randint(0, 255, (3, 480, 640), dtype=torch.uint8), str(image_path))
         data_dir = tmp / "data"
-        with serve(data_dir, workers=1, env={}, log=tmp / "api.log") as url:
+        with serve(data_dir, workers=1, env=device_env, log=tmp / "api.log") as url:
             with Client(url, api_key=KEY, timeout_s=1800) as client:
                 model_id = train_model(client, tmp / "shapes")
                 export = client.export(model_id)
                 onnx_file = client.download(export["download"], tmp / "model.onnx")
             weights = client_weights(url, model_id, tmp)
             with serve(
-                data_dir, workers=0, env={"RETINANET_PREDICT_MAX_BATCH": "1"}, log=tmp / "api1.log"
+                data_dir,
+                workers=0,
+                env={**device_env, "RETINANET_PREDICT_MAX_BATCH": "1"},
+                log=tmp / "api1.log",
             ) as url_unbatched:
                 cases = measure(url, url_unbatched, model_id, weights, image_path, args)
         dense = dense_rows(weights, onnx_file, image_path)
@@ -210,7 +223,7 @@ def measure(
     args: argparse.Namespace,
 ) -> list[Case]:  # fmt: skip
     image_bytes = image_path.read_bytes()
-    predictor = Predictor.load(weights, device="cpu")
+    predictor = Predictor.load(weights, device=args.device)
     image = read_rgb(image_path)
     cases = {
         "bare1": Case("bare model, 1 image per call", 1, 1),
@@ -262,7 +275,7 @@ def print_report(
     by = {c.name + str(c.concurrency): c for c in cases}
     bare1, http1 = by["bare model, 1 image per call1"], by["HTTP, batching on1"]
     off8, on8 = by["HTTP, batching off8"], by["HTTP, batching on8"]
-    print(f"- Date: {time.strftime('%Y-%m-%d')}; {device_line()}")
+    print(f"- Date: {time.strftime('%Y-%m-%d')}; {device_line()}; inference on {args.device}")
     print(f"- Image: {image.name} ({'x'.join(map(str, read_rgb(image).shape[1:][::-1]))}); "
           f"{args.rounds} rounds x {args.requests} requests per client thread")  # fmt: skip
     print(f"- ONNX export: {parity}\n")
@@ -292,8 +305,9 @@ def device_line() -> str:
                 break
     except OSError:
         pass
+    gpu = f"GPU {torch.cuda.get_device_name()}, " if torch.cuda.is_available() else ""
     return (
-        f"CPU {cpu} ({os.cpu_count()} logical), torch {torch.__version__}, "
+        f"{gpu}CPU {cpu} ({os.cpu_count()} logical), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
 

@@ -76,7 +76,7 @@ class ParityReport(BaseModel):
 
     def summary(self) -> str:
         verdict = "agree" if self.ok else "DISAGREE"
-        borderline = f" (+{self.borderline} at the threshold)" if self.borderline else ""
+        borderline = f" (+{self.borderline} at the threshold or cap)" if self.borderline else ""
         return (
             f"onnxruntime and PyTorch {verdict} on {self.images} images: "
             f"{self.matched} of {self.torch_detections} PyTorch / {self.onnx_detections} ONNX "

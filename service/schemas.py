@@ -108,6 +108,10 @@ class JobPublic(_Body):
     test_dataset_id: str | None
     progress: Progress | None
     error: str | None
+    waiting_for: str | None = Field(
+        default=None,
+        description="why a queued job has not started: no live worker, or none with its devices",
+    )
     recipe: dict[str, Any]
     created_at: datetime
     started_at: datetime | None

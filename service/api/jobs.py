@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
@@ -26,6 +26,7 @@ from service.schemas import (
     JobStatus,
     MetricsPublic,
 )
+from service.settings import Settings
 from service.store import repo
 from service.store.tables import Job
 
@@ -39,13 +40,35 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def to_public(job: Job) -> JobPublic:
+def to_public(job: Job, capacity: int | None) -> JobPublic:
+    """The job as the API shows it; ``capacity`` is what ``live_capacity`` returned."""
+    derived = {"progress", "waiting_for"}
     return JobPublic.model_validate(
         {
-            **{k: getattr(job, k) for k in JobPublic.model_fields if k != "progress"},
+            **{k: getattr(job, k) for k in JobPublic.model_fields if k not in derived},
             "progress": _progress(job.progress),
+            "waiting_for": _waiting_for(job, capacity),
         }
     )
+
+
+def live_capacity(session: Session, settings: Settings) -> int | None:
+    """The most devices a live worker offers (None: no live worker)."""
+    since = now() - timedelta(seconds=settings.worker_stale_s)
+    return repo.max_live_devices(session, seen_since=since)
+
+
+def _waiting_for(job: Job, capacity: int | None) -> str | None:
+    if job.status != "queued":
+        return None
+    if capacity is None:
+        return "no live worker (see /health/ready); the job starts when one polls the queue"
+    if job.devices > capacity:
+        return (
+            f"the job asks for {job.devices} devices and the live workers offer at most "
+            f"{capacity} (GET /v1/workers); it starts when a worker with enough GPUs polls"
+        )
+    return None
 
 
 def _progress(step: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -94,7 +117,7 @@ def create_job(
     session.commit()
     if not created:
         response.status_code = status.HTTP_200_OK
-    return to_public(job)
+    return to_public(job, live_capacity(session, settings))
 
 
 def _check_datasets(session: Session, body: JobCreate, alpha: object) -> None:
@@ -122,27 +145,29 @@ def _check_datasets(session: Session, body: JobCreate, alpha: object) -> None:
 @router.get("", response_model=JobsPublic, responses=_ERRORS)
 def list_jobs(
     session: SessionDep,
+    settings: SettingsDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobsPublic:
     rows, count = repo.list_jobs(session, status=status_filter, limit=limit, offset=offset)
-    return JobsPublic(data=[to_public(r) for r in rows], count=count)
+    capacity = live_capacity(session, settings)
+    return JobsPublic(data=[to_public(r, capacity) for r in rows], count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
-def get_job(job_id: str, session: SessionDep) -> JobPublic:
-    return to_public(repo.get_job(session, job_id))
+def get_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobPublic:
+    return to_public(repo.get_job(session, job_id), live_capacity(session, settings))
 
 
 @router.post(
     "/{job_id}/cancel", response_model=JobPublic, responses={**_ERRORS, 409: {"model": ErrorBody}}
 )
-def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
+def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobPublic:
     """Queued jobs stop at once; running ones checkpoint and stop; finished ones: 409."""
     job = repo.request_cancel(session, job_id, now=now())
     session.commit()
-    return to_public(job)
+    return to_public(job, live_capacity(session, settings))
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=_ERRORS)

@@ -66,6 +66,7 @@ __all__ = [
     "list_jobs",
     "list_models",
     "list_workers",
+    "max_live_devices",
     "record_event",
     "release_job",
     "request_cancel",
@@ -357,6 +358,11 @@ def list_workers(
         select(Worker, held).where(*recent).order_by(Worker.seen_at.desc(), Worker.id)
     ).all()
     return [(worker, job_id) for worker, job_id in rows]
+
+
+def max_live_devices(session: Session, *, seen_since: datetime) -> int | None:
+    """The most devices a worker seen since ``seen_since`` offers; None when none was seen."""
+    return session.scalar(select(func.max(Worker.devices)).where(Worker.seen_at >= seen_since))
 
 
 def last_worker_seen(session: Session) -> datetime | None:

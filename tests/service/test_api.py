@@ -241,7 +241,13 @@ def test_jobs_validation_idempotency_cancel_and_404s(
     assert client.get("/v1/jobs", headers=AUTH, params={"status": "bogus"}).status_code == 422
 
 
-def test_workers_lists_the_live_ones_with_their_devices_and_jobs(client: TestClient) -> None:
+def test_workers_lists_the_live_ones_with_their_devices_and_jobs(
+    client: TestClient, coco: tuple[dict[str, Any], Path]
+) -> None:
+    dataset = _upload(client, _zip(*coco)).json()["id"]
+    body = {"train_dataset_id": dataset, "recipe": "shapes_tiny"}
+    alone = client.post("/v1/jobs", headers=AUTH, json=body).json()
+    assert alone["waiting_for"].startswith("no live worker")
     now = datetime.now(UTC)
     sessions = client.app.state.sessions  # type: ignore[attr-defined]
     with sessions.begin() as session:
@@ -258,4 +264,14 @@ def test_workers_lists_the_live_ones_with_their_devices_and_jobs(client: TestCli
         ("gone", 8, False),
     ]
     assert every["max_devices"] == 4
+    # A queued job says why it waits: here, for a worker with 8 GPUs.
+    big = client.post("/v1/jobs", headers=AUTH, json={**body, "devices": 8}).json()
+    assert "asks for 8 devices" in big["waiting_for"] and "at most 4" in big["waiting_for"]
+    fits = client.get(f"/v1/jobs/{alone['id']}", headers=AUTH).json()
+    assert fits["status"] == "queued" and fits["waiting_for"] is None
+    listed = client.get("/v1/jobs", headers=AUTH).json()["data"]
+    assert {j["id"]: j["waiting_for"] is None for j in listed} == {
+        big["id"]: False,
+        alone["id"]: True,
+    }
     assert client.get("/v1/workers").status_code == 401

@@ -207,8 +207,12 @@ def check_parity(predictor: Predictor, onnx_path: Path, images: Sequence[Tensor]
             o_boxes[i], o_scores[i], anchors_per_level=per_level, image_size=hw, options=options
         )
         found = compare_detections(a, b, options=options)
-        counts.update(torch=len(a.scores), onnx=len(b.scores), matched=found.matched)
-        counts.update(borderline=found.borderline)
+        counts.update(
+            torch=len(a.scores),
+            onnx=len(b.scores),
+            matched=found.matched,
+            borderline=found.borderline,
+        )
         box_diff, score_diff = max(box_diff, found.box_diff), max(score_diff, found.score_diff)
     return ParityReport(
         images=len(images),

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
@@ -16,6 +16,7 @@ from sse_starlette import EventSourceResponse
 
 from detector import load_recipe
 from service.api.deps import SessionDep, SettingsDep, StorageDep
+from service.api.workers import alive_since
 from service.errors import ApiError
 from service.schemas import (
     EpochMetrics,
@@ -54,8 +55,7 @@ def to_public(job: Job, capacity: int | None) -> JobPublic:
 
 def live_capacity(session: Session, settings: Settings) -> int | None:
     """The most devices a live worker offers (None: no live worker)."""
-    since = now() - timedelta(seconds=settings.worker_stale_s)
-    return repo.max_live_devices(session, seen_since=since)
+    return repo.max_live_devices(session, seen_since=alive_since(settings))
 
 
 def _waiting_for(job: Job, capacity: int | None) -> str | None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+_Row = TypeVar("_Row")
+
 
 class StoreError(Exception):
     """Base of the errors raised by this module."""
@@ -15,6 +19,13 @@ class NotFound(StoreError):  # noqa: N818
         super().__init__(f"{what} {ident!r} not found")
         self.what = what
         self.ident = ident
+
+
+def found(row: _Row | None, what: str, ident: str) -> _Row:
+    """``row``, or ``NotFound(what, ident)`` when the lookup found nothing."""
+    if row is None:
+        raise NotFound(what, ident)
+    return row
 
 
 class Conflict(StoreError):  # noqa: N818

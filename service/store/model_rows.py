@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.store.errors import NotFound
+from service.store.errors import found
 from service.store.tables import Model, new_id
 
 
@@ -58,10 +58,7 @@ def create_model(
 
 def get_model(session: Session, model_id: str) -> Model:
     """The model with this id, else ``NotFound``."""
-    model = session.get(Model, model_id)
-    if model is None:
-        raise NotFound("model", model_id)
-    return model
+    return found(session.get(Model, model_id), "model", model_id)
 
 
 def list_models(session: Session, *, limit: int, offset: int) -> tuple[list[Model], int]:

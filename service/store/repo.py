@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.store.errors import Conflict, IdempotencyConflict, NotFound, StoreError
+from service.store.errors import Conflict, IdempotencyConflict, NotFound, StoreError, found
 from service.store.leases import (
     Claim,
     HeartbeatResult,
@@ -115,10 +115,7 @@ def create_dataset(
 
 def get_dataset(session: Session, dataset_id: str) -> Dataset:
     """The dataset with this id, else ``NotFound``."""
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
-        raise NotFound("dataset", dataset_id)
-    return dataset
+    return found(session.get(Dataset, dataset_id), "dataset", dataset_id)
 
 
 def list_datasets(session: Session, *, limit: int, offset: int) -> tuple[list[Dataset], int]:
@@ -136,11 +133,8 @@ def delete_dataset(session: Session, dataset_id: str) -> Dataset:
     history with the reference set to NULL by the foreign key.
     """
     # Locking the dataset first makes a concurrent create_job (which share-locks it) wait.
-    dataset = session.scalars(
-        select(Dataset).where(Dataset.id == dataset_id).with_for_update()
-    ).one_or_none()
-    if dataset is None:
-        raise NotFound("dataset", dataset_id)
+    locked = select(Dataset).where(Dataset.id == dataset_id).with_for_update()
+    dataset = found(session.scalars(locked).one_or_none(), "dataset", dataset_id)
     users = session.scalars(
         select(Job.id).where(Job.status.in_(ACTIVE_STATUSES), _uses_dataset(dataset_id))
     ).all()
@@ -252,10 +246,7 @@ def _require_datasets(session: Session, ids_by_role: Mapping[str, str | None]) -
 
 def get_job(session: Session, job_id: str) -> Job:
     """The job with this id, else ``NotFound``."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound("job", job_id)
-    return job
+    return found(session.get(Job, job_id), "job", job_id)
 
 
 def list_jobs(
@@ -297,9 +288,7 @@ def _locked_job(session: Session, job_id: str) -> Job:
         .with_for_update()
         .execution_options(populate_existing=True)
     ).one_or_none()
-    if job is None:
-        raise NotFound("job", job_id)
-    return job
+    return found(job, "job", job_id)
 
 
 # ---------------------------------------------------------------------------- reads

@@ -12,10 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import make_url, select, text
-from sqlalchemy.orm import Session, sessionmaker
 
 from service.store import repo
-from service.store.db import make_engine, migrate, session_factory
+from service.store.db import make_engine, migrate
 from service.store.tables import Job
 
 from .store_support import (
@@ -66,13 +65,6 @@ def schema_url() -> Iterator[str]:
 def url(schema_url: str) -> str:
     migrate(schema_url)
     return schema_url
-
-
-@pytest.fixture
-def factory(url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(url)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 def test_migrations_match_the_orm_and_rerun_as_a_no_op(url):

@@ -6,12 +6,14 @@ key by key, at any depth. Overrides given as ``"loss.gamma=1.5"`` are applied la
 value is parsed as YAML, so ``1.5`` is a float, ``[16, 32]`` a list and ``null`` None.
 
 Every error names the full dotted path of the offending key and, where there is a fixed set,
-the allowed keys or values.
+the allowed keys or values. A recipe is refused when any value is one the training cannot use
+(a number that is not finite, an integer past 32 bits, nesting no recipe has), so that a job
+never runs its whole budget to fail at the end.
 """
 
 from __future__ import annotations
 
-import math
+import reprlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,14 +21,30 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+from detector.evaluate.coco import CLASS_KEYS, SUMMARY_KEYS
+
+INT32_MAX = 2**31 - 1
+"""The largest count a recipe may hold: every integer of a recipe is stored in the checkpoint,
+and pickle's 4-byte-length integers (beyond about 2**2040) are refused by torch's safe loader,
+so a larger one trains for the whole budget and then fails reading its own checkpoint."""
+MAX_NESTING = 16
+"""Recipes nest three levels deep; a value nested deeper than this is refused (the parsers and
+the error messages recurse)."""
+MAX_VALUES = 100_000
+"""The most values (counted through lists and mappings) a recipe override may hold: YAML
+aliases can make a short text a huge value."""
+PositiveInt = Annotated[int, Field(gt=0, le=INT32_MAX)]
+NonNegativeInt = Annotated[int, Field(ge=0, le=INT32_MAX)]
+ImageSide = Annotated[int, Field(gt=0, le=8192)]
+"""A resize target in pixels (the loader allocates the resized image)."""
+Channels = Annotated[int, Field(gt=0, le=4096)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN passes every bound (all comparisons are false) and inf overflows the optimiser.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class DatasetSource(_Frozen):
@@ -46,12 +64,12 @@ class DataConfig(_Frozen):
     train: DatasetSource | None = None
     val: DatasetSource | None = None
     test: DatasetSource | None = None
-    train_min_sizes: tuple[PositiveInt, ...] = Field(default=(800,), min_length=1)
-    eval_min_size: PositiveInt = 800
-    max_size: PositiveInt = 1333
+    train_min_sizes: tuple[ImageSide, ...] = Field(default=(800,), min_length=1, max_length=64)
+    eval_min_size: ImageSide = 800
+    max_size: ImageSide = 1333
     hflip_prob: Probability = 0.5
     photometric: bool = False
-    num_workers: NonNegativeInt = 2
+    num_workers: Annotated[int, Field(ge=0, le=256)] = 2
     strict: bool = False
     """Treat every validation warning as an error (refuse to drop or clip any box)."""
 
@@ -62,12 +80,12 @@ class ModelConfig(_Frozen):
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
     norm: Literal["frozen_bn", "bn"] = "frozen_bn"
     trainable_backbone_layers: Annotated[int, Field(ge=0, le=5)] = 3
-    fpn_channels: PositiveInt = 256
+    fpn_channels: Channels = 256
     head: Literal["focal", "torchvision"] = "focal"
     """``torchvision``: the stock RetinaNetHead and its per-image loss (fixed alpha 0.25,
     gamma 2, L1 boxes; ``loss`` is ignored), as a reference to compare against."""
-    head_convs: NonNegativeInt = 4
-    head_channels: PositiveInt = 256
+    head_convs: Annotated[int, Field(ge=0, le=32)] = 4
+    head_channels: Channels = 256
     prior_prob: Annotated[float, Field(gt=0, lt=1)] = 0.01
     anchor_sizes: tuple[
         PositiveFloat, PositiveFloat, PositiveFloat, PositiveFloat, PositiveFloat
@@ -79,8 +97,10 @@ class ModelConfig(_Frozen):
         512,
     )
     """Base anchor size for each pyramid level P3..P7, in input pixels."""
-    scales_per_octave: PositiveInt = 3
-    aspect_ratios: tuple[PositiveFloat, ...] = Field(default=(0.5, 1.0, 2.0), min_length=1)
+    scales_per_octave: Annotated[int, Field(gt=0, le=16)] = 3
+    aspect_ratios: tuple[PositiveFloat, ...] = Field(
+        default=(0.5, 1.0, 2.0), min_length=1, max_length=16
+    )
     fg_iou: Annotated[float, Field(gt=0, le=1)] = 0.5
     bg_iou: Annotated[float, Field(ge=0, le=1)] = 0.4
     score_thresh: Probability = 0.05
@@ -140,7 +160,7 @@ class SolverConfig(_Frozen):
     max_iters: PositiveInt | None = None
     epochs: PositiveInt | None = None
     scheduler: Literal["multistep", "cosine"] = "multistep"
-    steps: tuple[PositiveInt, ...] = ()
+    steps: tuple[PositiveInt, ...] = Field(default=(), max_length=64)
     """LR drops, in iterations when ``max_iters`` is set, in epochs when ``epochs`` is."""
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.1
     warmup_iters: NonNegativeInt = 500
@@ -171,6 +191,11 @@ class EvalConfig(_Frozen):
     """A COCO summary key (AP, AP50, AR100, ...), or one class: ``AP/<class name>``."""
     batch_size: PositiveInt = 8
 
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return known_metric(name)
+
 
 class EarlyStoppingConfig(_Frozen):
     """Stop when ``metric`` has not improved by ``min_delta`` for ``patience`` evaluations."""
@@ -179,6 +204,11 @@ class EarlyStoppingConfig(_Frozen):
     """As ``EvalConfig.metric``, or ``val_loss`` (lower is better)."""
     patience: PositiveInt = 5
     min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return known_metric(name)
 
 
 class TrainConfig(_Frozen):
@@ -195,13 +225,19 @@ class TrainConfig(_Frozen):
     seed: NonNegativeInt = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    @field_validator("loss")
-    @classmethod
-    def _finite_alpha(cls, loss: LossConfig) -> LossConfig:
-        alphas = loss.alpha if isinstance(loss.alpha, tuple) else (loss.alpha,)
-        if any(a is not None and not math.isfinite(a) for a in alphas):
-            raise ValueError("alpha must be finite")
-        return loss
+
+def known_metric(name: str) -> str:
+    """``name`` if evaluation can report it; the first evaluation would fail on any other.
+
+    Whether ``<key>/<class name>`` names a class of the dataset is the job's check.
+    """
+    key, sep, class_name = name.partition("/")
+    if name in (*SUMMARY_KEYS, "val_loss") or (sep and key in CLASS_KEYS and class_name):
+        return name
+    raise ValueError(
+        f"unknown metric {name!r}: one of {', '.join(SUMMARY_KEYS)}, val_loss, "
+        f"or <{'|'.join(CLASS_KEYS)}>/<class name>"
+    )
 
 
 class RecipeError(ValueError):
@@ -217,11 +253,30 @@ def load_recipe(
     """
     raw = _read_with_bases(Path(path), seen=())
     if update:
-        _deep_merge(raw, update)
+        _deep_merge(raw, check_nesting(update))
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
     return recipe_from_dict(raw)
+
+
+def check_nesting(value: Any, *, what: str = "the value") -> Any:
+    """``value``, unless it nests deeper than :data:`MAX_NESTING` or holds more than
+    :data:`MAX_VALUES` values (:class:`RecipeError`). Walks without recursing."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    seen = 0
+    while stack:
+        item, depth = stack.pop()
+        seen += 1
+        if depth > MAX_NESTING:
+            raise RecipeError(f"{what} nests deeper than {MAX_NESTING} levels")
+        if seen > MAX_VALUES:
+            raise RecipeError(f"{what} holds more than {MAX_VALUES} values")
+        if isinstance(item, Mapping):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+    return value
 
 
 def recipe_from_dict(raw: Mapping[str, Any]) -> TrainConfig:
@@ -236,12 +291,18 @@ def parse_override(item: str) -> tuple[str, Any]:
     """``"solver.lr=0.02"`` -> ``("solver.lr", 0.02)``; the value is parsed as YAML."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
-        raise RecipeError(f"override {item!r} is not of the form key.path=value")
+        raise RecipeError(f"override {_short(item)} is not of the form key.path=value")
+    if key.count(".") >= MAX_NESTING:
+        raise RecipeError(f"override {_short(item)}: the key nests deeper than {MAX_NESTING}")
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"override {item!r}: value is not valid YAML ({exc})") from None
-    return key.strip(), value
+        raise RecipeError(f"override {_short(item)}: value is not valid YAML ({exc})") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise RecipeError(
+            f"override {_short(item)}: the value nests deeper than {MAX_NESTING}"
+        ) from None
+    return key.strip(), check_nesting(value, what=f"override {key.strip()}")
 
 
 def format_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
@@ -254,8 +315,15 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
             allowed = ", ".join(sorted(_model_at(root, loc[:-1]).model_fields))
             lines.append(f"{dotted}: unknown key (allowed: {allowed})")
         else:
-            lines.append(f"{dotted}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{dotted}: {err['msg']} (got {_short(err.get('input'))})")
     return "invalid recipe:\n  " + "\n  ".join(lines)
+
+
+def _short(value: object) -> str:
+    """A bounded repr: what a user sent may be huge or nested."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 3, 80, 80
+    return short.repr(value)
 
 
 def _model_at(root: type[BaseModel], loc: list[str]) -> type[BaseModel]:

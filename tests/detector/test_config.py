@@ -105,3 +105,48 @@ def test_nested_update_merges_before_dotted_overrides() -> None:
     )
     assert (cfg.loss.gamma, cfg.loss.alpha, cfg.solver.epochs) == (3.0, 0.5, 2)
     assert cfg.model.backbone == "resnet18"  # untouched sections keep the file's values
+
+
+_LAUGHS = "[&a [1,1,1,1,1,1,1,1,1,1]" + "".join(
+    f", &{b} [{', '.join([f'*{a}'] * 10)}]" for a, b in zip("abcdefg", "bcdefgh", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("solver.lr=.nan", r"solver\.lr: Input should be a finite number"),
+        ("loss.gamma=.inf", r"loss\.gamma: Input should be a finite number"),
+        ("loss.alpha=[0.2, .nan, 0.5]", r"loss\.alpha.*finite number"),
+        ("model.anchor_sizes=[16, 32, 64, 128, .inf]", r"model\.anchor_sizes\.4: .*finite"),
+        ("early_stopping={min_delta: -.inf}", r"early_stopping\.min_delta"),
+        # Every integer of a recipe travels in the checkpoint; 10**700 cannot be read back.
+        ("checkpoint_period_iters=" + "9" * 700, r"checkpoint_period_iters: .*2147483647"),
+        ("seed=4294967296", r"seed: .*2147483647"),
+        ("solver.warmup_iters=2147483648", r"solver\.warmup_iters: .*2147483647"),
+        ("model.fpn_channels=65536", r"model\.fpn_channels: .*4096"),
+        ("data.max_size=100000", r"data\.max_size: .*8192"),
+        ("eval.metric=mAP", r"eval\.metric: .*unknown metric 'mAP'"),
+        ("early_stopping={metric: AP/}", r"early_stopping\.metric: .*unknown metric"),
+        ("loss.gamma=" + "[" * 5000 + "]" * 5000, "nests deeper than 16"),
+        ("loss.gamma=" + "- " * 5000 + "x", "nests deeper than 16"),
+        ("a" + ".a" * 40 + "=1", "the key nests deeper than 16"),
+        (f"loss.gamma={_LAUGHS}]", "holds more than 100000 values"),
+    ],
+)
+def test_values_the_training_cannot_use_are_refused(override: str, message: str) -> None:
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(CONFIGS / "shapes_tiny.yaml", [override])
+
+
+def test_metrics_evaluation_reports_are_accepted() -> None:
+    for metric in ("AP", "AR100", "val_loss", "AP50/red blood cell", "AR100/a/b"):
+        assert load_recipe(CONFIGS / "shapes_tiny.yaml", [f"eval.metric={metric}"])
+
+
+def test_a_deeply_nested_update_is_refused_unread() -> None:
+    deep: dict[str, object] = {"x": 1}
+    for _ in range(5000):  # deeper than Python's recursion limit
+        deep = {"a": deep}
+    with pytest.raises(RecipeError, match="nests deeper than 16"):
+        load_recipe(CONFIGS / "shapes_tiny.yaml", update={"loss": deep})

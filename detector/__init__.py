@@ -13,6 +13,7 @@ from detector.data.validate import (
     validate_coco,
 )
 from detector.engine.callbacks import Callback, EpochEvent, StepEvent
+from detector.engine.checkpoint import remove_stale_temporaries
 from detector.engine.distributed import local_devices
 from detector.engine.trainer import FitResult, NonFiniteLossError, fit
 from detector.evaluate.coco import CocoMetrics
@@ -47,6 +48,7 @@ __all__ = [
     "read_card",
     "read_rgb",
     "recipe_from_dict",
+    "remove_stale_temporaries",
     "save_model_file",
     "sha256_file",
     "validate_coco",

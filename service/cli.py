@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import signal
 import sys
@@ -41,32 +40,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.worker.supervisor import Supervisor
 
     settings = Settings()
-    _logging()
-    ctx = multiprocessing.get_context("spawn")
-    workers = [
-        ctx.Process(target=_worker_main, args=(settings,), name=f"worker-{i}")
-        for i in range(args.workers)
-    ]
-    for w in workers:
-        w.start()
+    configure_logging()
+    supervisor = Supervisor(settings, args.workers)  # restarts a worker that dies
+    supervisor.start()
     # uvicorn re-raises the SIGTERM it handled once it has shut down; with Python's default
     # handler that would kill this process before it can stop the workers below.
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     finally:
-        for w in workers:
-            w.terminate()  # SIGTERM: a running job checkpoints and is released
-        for w in workers:
-            w.join(timeout=120)
+        supervisor.stop()  # SIGTERM: a running job checkpoints and is released
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    _logging()
-    _worker_main(Settings())
+    from service.worker.supervisor import run_worker
+
+    configure_logging()
+    run_worker(Settings())
     return 0
 
 
@@ -84,17 +78,8 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker_main(settings: Settings) -> None:
-    from service.worker.child import die_with_parent
-    from service.worker.loop import Worker
-
-    _logging()
-    if multiprocessing.parent_process() is not None:  # started by `serve`: end with it
-        die_with_parent()
-    Worker(settings=settings).run()
-
-
-def _logging() -> None:
+def configure_logging() -> None:
+    """Log lines to stderr at ``RETINANET_LOG_LEVEL`` (default INFO)."""
     level = os.environ.get("RETINANET_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

@@ -41,6 +41,9 @@ class TrainState:
     should_stop: bool = False
     stop_reason: str | None = None
     best_metric: float | None = None
+    saved_iteration: int | None = None
+    """Iteration of the newest ``last.pt`` this run wrote (None: none yet): a resume from it
+    loses nothing before that point, which is what a supervisor calls progress."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,8 @@ class Checkpointer(Callback):
     """``last.pt`` every ``period_iters`` and at each epoch end; ``best.pt`` by ``metric``.
 
     Nothing is written when the run fails, so the last good checkpoint is never replaced by
-    the state of a diverged model.
+    the state of a diverged model. Each ``last.pt`` written sets ``state.saved_iteration``,
+    which the callbacks after this one (the caller's) see in the same hook.
     """
 
     def __init__(self, *, directory: Path, period_iters: int, metric: str) -> None:
@@ -152,14 +156,14 @@ class Checkpointer(Callback):
 
     def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
         if event.iteration % self.period_iters == 0:
-            save_atomic(trainer.checkpoint(), self.directory / LAST)
+            self._save_last(trainer, trainer.checkpoint())
 
     def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
         payload = trainer.checkpoint()
         if event.metrics is not None:
             # The model file's per-class score thresholds are read from these.
             payload["val_metrics"] = event.metrics.model_dump(mode="json")
-        save_atomic(payload, self.directory / LAST)
+        self._save_last(trainer, payload)
         value = metric_value(event, self.metric)
         if value is None:
             return
@@ -171,7 +175,11 @@ class Checkpointer(Callback):
             save_atomic(payload, self.directory / BEST)
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        save_atomic(trainer.checkpoint(), self.directory / LAST)
+        self._save_last(trainer, trainer.checkpoint())
+
+    def _save_last(self, trainer: Trainer, payload: dict[str, Any]) -> None:
+        save_atomic(payload, self.directory / LAST)
+        trainer.state.saved_iteration = trainer.state.iteration
 
 
 class StopOnSignal(Callback):

@@ -3,7 +3,8 @@
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
 ``torch.load(weights_only=True)``. It is written to a temporary file in the same folder,
 fsynced, then moved over the old one with ``os.replace``: a crash at any moment leaves
-either the old checkpoint or the new one, never a torn file.
+either the old checkpoint or the new one, never a torn file (but maybe a temporary file,
+which ``remove_stale_temporaries`` clears at the next start).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import torch
 
 LAST = "last.pt"
 BEST = "best.pt"
+_TMP_SUFFIX = ".tmp"
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """``torch.save`` to ``path`` so that readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -34,6 +36,16 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of saves that were killed midway (a SIGKILL, a power cut)
+    in ``folder``, and return them. Nothing else removes them; call it when no save into
+    ``folder`` can be running, at the start of a run."""
+    stale = sorted(folder.glob(f".*{_TMP_SUFFIX}")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

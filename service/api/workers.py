@@ -40,7 +40,7 @@ def list_workers(
             pid=worker.pid,
             devices=worker.devices,
             last_seen_at=worker.seen_at,
-            alive=worker.seen_at >= cutoff,
+            alive=worker.seen_at >= cutoff and worker.stopped_at is None,
             job_id=job_id,
         )
         for worker, job_id in rows

@@ -9,6 +9,19 @@ Locking: every event of a job is inserted while its job row is locked (``FOR UPD
 fenced ``UPDATE``), so on PostgreSQL a job's event ids commit in increasing order and an event
 stream that reads ``id > last_id`` never skips one. On SQLite the ``BEGIN IMMEDIATE`` of write
 sessions serializes writers instead and row locks are no-ops.
+
+Attempts: ``attempt`` counts claims and is only shown; what decides failure is progress. An
+attempt that ends without finishing (released, killed, its worker dead, its lease expired)
+*progressed* when the job's checkpointed iteration (``checkpoint_iteration``, reported by the
+training with its token each time it saves ``last.pt``) went beyond where the attempt started
+(``attempt_from_iteration``). A progressing attempt resets ``stalled_attempts`` to 0 however
+it ended; an abnormal end (a signal, a lost lease, a dead worker) without progress adds 1; a
+graceful release without progress changes nothing. The job fails when ``stalled_attempts``
+reaches ``max_attempts``, with an error naming the cause and the iteration it kept dying at.
+So restarts never spend attempts, a job that keeps checkpointing between kills keeps going
+(each kill costs at most one checkpoint period), and one that dies at the same point again
+and again still stops. A progress report lost to a kill right after a save is recovered by
+the next attempt, which reports the iteration it resumed from.
 """
 
 from __future__ import annotations
@@ -18,11 +31,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, get_args
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.store.db import WRITE_TRANSACTION
-from service.store.tables import FINAL_STATUSES, EventKind, FinalStatus, Job, JobEvent
+from service.store.tables import FINAL_STATUSES, EventKind, FinalStatus, Job, JobEvent, Worker
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,7 @@ def claim_next_job(
         job.lease_owner = worker_id
         job.lease_expires_at = now + timedelta(seconds=lease_s)
         job.heartbeat_at = now
+        job.attempt_from_iteration = job.checkpoint_iteration
         # cancel_requested is kept: a cancel asked before a release must still stop the job.
         job.started_at = job.started_at or now
         payload = {"status": "running", "worker_id": worker_id, "attempt": job.attempt}
@@ -107,21 +121,46 @@ def _settle_expired_leases(session: Session, *, now: datetime) -> None:
         .with_for_update(skip_locked=True)
     ).all()
     for job in expired:
-        owner = job.lease_owner
-        _clear_lease(job)
-        if job.cancel_requested:
-            # The user asked to stop and the worker vanished: running it again helps no one.
-            job.status, job.finished_at = "cancelled", now
-            payload: dict[str, Any] = {"status": "cancelled", "reason": "lease expired"}
-        elif job.attempt < job.max_attempts:
-            job.status = "queued"
-            payload = {"status": "queued", "reason": "lease expired, re-queued"}
-        else:
-            job.status, job.finished_at = "failed", now
-            job.error = f"lease expired after {job.attempt} attempts"
-            payload = {"status": "failed", "error": job.error}
-        payload |= {"previous_owner": owner, "attempt": job.attempt}
-        add_event(session, job.id, "status", payload, now)
+        _end_attempt(session, job, cause="lease expired", now=now)
+
+
+def _end_attempt(session: Session, job: Job, *, cause: str | None, now: datetime) -> None:
+    """Count the attempt that ended unfinished (``cause`` None: a graceful release), then
+    re-queue the job, or fail it (too many attempts without progress), or cancel it (asked)."""
+    owner = job.lease_owner
+    _clear_lease(job)
+    if job.checkpoint_iteration > job.attempt_from_iteration:
+        job.stalled_attempts = 0
+    elif cause is not None:
+        job.stalled_attempts += 1
+    if job.cancel_requested and cause is not None:
+        # The user asked to stop and the attempt died: running it again helps no one.
+        job.status, job.finished_at = "cancelled", now
+        payload: dict[str, Any] = {"status": "cancelled", "reason": cause}
+    elif job.stalled_attempts >= job.max_attempts:
+        job.status, job.finished_at = "failed", now
+        job.error = _stalled_error(job, cause or "released")
+        payload = {"status": "failed", "error": job.error}
+    else:
+        job.status = "queued"
+        reason = "released by worker" if cause is None else f"{cause}, re-queued"
+        payload = {"status": "queued", "reason": reason}
+    payload |= {"previous_owner": owner, "attempt": job.attempt}
+    payload |= {"checkpoint_iteration": job.checkpoint_iteration}
+    add_event(session, job.id, "status", payload, now)
+    session.flush()
+
+
+def _stalled_error(job: Job, cause: str) -> str:
+    """Why the job gave up: the cause, how often, and where it kept dying."""
+    reached = (job.progress or {}).get("iteration")
+    where = f"resuming from iteration {job.checkpoint_iteration}"
+    if reached is not None:
+        where += f", last step reported {reached}"
+    return (
+        f"{cause}: {job.stalled_attempts} attempts in a row ended without progress "
+        f"({where}); gave up after {job.attempt} attempts in all"
+    )
 
 
 def _clear_lease(job: Job) -> None:
@@ -218,12 +257,59 @@ def finish_job(
     return True
 
 
+def _fenced_job(session: Session, *, job_id: str, token: int) -> Job | None:
+    """The job row, locked, if it is running under ``token``; else None (fenced out)."""
+    return session.scalars(
+        select(Job)
+        .where(Job.id == job_id, Job.fencing_token == token, Job.status == "running")
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+
+
 def release_job(session: Session, *, job_id: str, token: int, now: datetime) -> bool:
-    """Put the running job back in the queue (graceful worker stop); ``attempt`` is kept."""
-    values = {"status": "queued", "lease_owner": None, "lease_expires_at": None}
-    if _fenced_update(session, job_id=job_id, token=token, values=values) is None:
+    """Put the running job back in the queue (graceful worker stop): never a failed attempt."""
+    job = _fenced_job(session, job_id=job_id, token=token)
+    if job is None:
         return False
-    payload = {"status": "queued", "reason": "released by worker"}
-    add_event(session, job_id, "status", payload, now)
-    session.flush()
+    _end_attempt(session, job, cause=None, now=now)
     return True
+
+
+def retry_job(session: Session, *, job_id: str, token: int, cause: str, now: datetime) -> bool:
+    """The attempt died abnormally (its training process was killed): re-queue the job to
+    resume from its checkpoint, or fail it after too many attempts without progress."""
+    job = _fenced_job(session, job_id=job_id, token=token)
+    if job is None:
+        return False
+    _end_attempt(session, job, cause=cause, now=now)
+    return True
+
+
+def record_checkpoint(session: Session, *, job_id: str, token: int, iteration: int) -> bool:
+    """The running attempt saved (or resumed from) ``last.pt`` at ``iteration``: progress."""
+    newest = case((Job.checkpoint_iteration > iteration, Job.checkpoint_iteration), else_=iteration)
+    values = {"checkpoint_iteration": newest}
+    return _fenced_update(session, job_id=job_id, token=token, values=values) is not None
+
+
+def worker_gone(session: Session, *, worker_id: str, cause: str, now: datetime) -> list[str]:
+    """The worker stopped or died: mark it so (not alive from now on), and end the attempts
+    it held at once (``cause``, counted as abnormal) instead of waiting for their leases.
+
+    Only the worker's supervisor (which saw it exit) or the worker itself on its way out call
+    this, so the owner's name is fence enough: no one else can hold a lease in its name.
+    """
+    worker = session.get(Worker, worker_id)
+    if worker is not None:
+        worker.stopped_at = now
+    held = session.scalars(
+        select(Job)
+        .where(Job.status == "running", Job.lease_owner == worker_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    for job in held:
+        _end_attempt(session, job, cause=cause, now=now)
+    session.flush()
+    return [job.id for job in held]

@@ -25,8 +25,11 @@ from service.store.leases import (
     claim_next_job,
     finish_job,
     heartbeat,
+    record_checkpoint,
     record_event,
     release_job,
+    retry_job,
+    worker_gone,
 )
 from service.store.model_rows import create_model, delete_model, get_model, list_models
 from service.store.tables import (
@@ -67,9 +70,12 @@ __all__ = [
     "list_models",
     "list_workers",
     "max_live_devices",
+    "record_checkpoint",
     "record_event",
     "release_job",
     "request_cancel",
+    "retry_job",
+    "worker_gone",
     "worker_seen",
 ]
 
@@ -328,21 +334,22 @@ def worker_seen(
         session.add(Worker(id=worker_id, host=host, pid=pid, devices=devices, seen_at=now))
     else:
         worker.host, worker.pid, worker.devices, worker.seen_at = host, pid, devices, now
+        worker.stopped_at = None  # it reports, so it runs (a stopped process that woke up)
     session.flush()
 
 
 def list_workers(
     session: Session, *, seen_since: datetime | None
 ) -> list[tuple[Worker, str | None]]:
-    """Workers seen since ``seen_since`` (None: ever), newest first, each with the job it
-    holds (or None)."""
+    """Workers seen since ``seen_since`` and not stopped (None: every worker ever seen),
+    newest first, each with the job it holds (or None)."""
     held = (
         select(Job.id)
         .where(Job.status == "running", Job.lease_owner == Worker.id)
         .limit(1)
         .scalar_subquery()
     )
-    recent = [] if seen_since is None else [Worker.seen_at >= seen_since]
+    recent = [] if seen_since is None else [Worker.seen_at >= seen_since, _running_worker()]
     rows = session.execute(
         select(Worker, held).where(*recent).order_by(Worker.seen_at.desc(), Worker.id)
     ).all()
@@ -351,9 +358,15 @@ def list_workers(
 
 def max_live_devices(session: Session, *, seen_since: datetime) -> int | None:
     """The most devices a worker seen since ``seen_since`` offers; None when none was seen."""
-    return session.scalar(select(func.max(Worker.devices)).where(Worker.seen_at >= seen_since))
+    live = select(func.max(Worker.devices)).where(Worker.seen_at >= seen_since, _running_worker())
+    return session.scalar(live)
 
 
 def last_worker_seen(session: Session) -> datetime | None:
-    """When any worker was last seen, or None if none ever was."""
-    return session.scalar(select(func.max(Worker.seen_at)))
+    """When a worker that has not stopped was last seen, or None if there is none."""
+    return session.scalar(select(func.max(Worker.seen_at)).where(_running_worker()))
+
+
+def _running_worker() -> ColumnElement[bool]:
+    """The worker has not stopped (nor been found dead by its supervisor)."""
+    return Worker.stopped_at.is_(None)

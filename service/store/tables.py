@@ -132,6 +132,15 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(128))
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     max_attempts: Mapped[int] = mapped_column(Integer)
+    """Consecutive attempts that may end abnormally without progress (see ``leases``)."""
+    checkpoint_iteration: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    """Iteration of the newest ``last.pt`` an attempt reported (0: none yet)."""
+    attempt_from_iteration: Mapped[int] = mapped_column(
+        Integer, default=0, server_default=text("0")
+    )
+    """``checkpoint_iteration`` when the current attempt was claimed: progress is beyond it."""
+    stalled_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    """Attempts in a row that were killed or lost their lease without progress."""
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -172,6 +181,8 @@ class Worker(Base):
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     devices: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
     """The most processes (GPUs) it gives one job; it claims no job that asks for more."""
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When it stopped or was found dead (None: running); a stopped worker is not alive."""
 
 
 class Model(Base):

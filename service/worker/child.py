@@ -2,7 +2,10 @@
 
 It runs apart from the worker so that a crash or an out-of-memory kill takes only the child.
 It writes to the database only with its fencing token; once fenced out (its lease was taken
-over), it stops at once. Exit codes tell the worker what happened.
+over), or when the database stayed unreachable for a whole lease (its lease may be gone), it
+stops at once. Each ``last.pt`` saved is reported on the job row: that is the progress by
+which the store decides whether a killed attempt counts against the job. Exit codes tell
+the worker what happened.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +33,7 @@ from detector import (
     StepEvent,
     fit,
     load_recipe,
+    remove_stale_temporaries,
     save_model_file,
 )
 from detector.engine.callbacks import ProgressBar, StopOnSignal, Trainer, start_payload
@@ -36,6 +41,7 @@ from service.settings import Settings
 from service.storage import Storage
 from service.store import repo
 from service.store.db import make_engine, session_factory
+from service.store.retry import StoreUnavailableError, with_retry
 from service.worker.holdout import split_holdout
 
 EXIT_OK = 0
@@ -52,40 +58,86 @@ class LeaseLostError(Exception):
 
 
 class DbEvents(Callback):
-    """Training events into the job's event rows (steps at most once a second)."""
+    """Training events into the job's event rows (steps at most once a second), and each saved
+    checkpoint's iteration onto the job row (never throttled: it is the job's progress)."""
 
     def __init__(
-        self, *, sessions: sessionmaker[Session], job_id: str, token: int, min_step_s: float = 1.0
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        job_id: str,
+        token: int,
+        lease_s: float,
+        min_step_s: float = 1.0,
     ) -> None:
         self.sessions, self.job_id, self.token = sessions, job_id, token
-        self.min_step_s = min_step_s
+        self.lease_s, self.min_step_s = lease_s, min_step_s
         self._last_step = 0.0
+        self._reported: int | None = None
 
-    def record(self, kind: str, payload: dict[str, Any]) -> None:
-        with self.sessions() as session:
+    def record(self, kind: str, payload: dict[str, Any], *, checkpoint: int | None = None) -> None:
+        """Append an event (and report ``checkpoint``) in one fenced transaction."""
+
+        def write(session: Session) -> bool:
+            fence: dict[str, Any] = {"job_id": self.job_id, "token": self.token}
             ok = repo.record_event(
-                session,
-                job_id=self.job_id,
-                token=self.token,
-                kind=kind,
-                payload=payload,
-                now=datetime.now(UTC),
+                session, kind=kind, payload=payload, now=datetime.now(UTC), **fence
             )
-            session.commit()
+            if ok and checkpoint is not None:
+                ok = repo.record_checkpoint(session, iteration=checkpoint, **fence)
+            return ok
+
+        self._write(f"job {self.job_id}: {kind} event", write)
+        if checkpoint is not None:
+            self._reported = checkpoint
+
+    def _write(self, what: str, write: Callable[[Session], bool]) -> None:
+        """Run ``write`` in its own transaction, retried while the database is busy but not
+        past a lease: by then another worker may own the job, so stop as if fenced."""
+
+        def transaction() -> bool:
+            with self.sessions() as session:
+                ok = write(session)
+                session.commit()
+                return ok
+
+        try:
+            ok = with_retry(transaction, what=what, deadline=time.monotonic() + self.lease_s)
+        except StoreUnavailableError as exc:
+            raise LeaseLostError(f"job {self.job_id}: {exc}") from exc
         if not ok:
             raise LeaseLostError(f"job {self.job_id}: lease lost (token {self.token})")
 
+    def _new_checkpoint(self, trainer: Trainer) -> int | None:
+        """The iteration of a ``last.pt`` saved since the last report, if any."""
+        saved = trainer.state.saved_iteration
+        return saved if saved is not None and saved != self._reported else None
+
     def on_fit_start(self, trainer: Trainer) -> None:
-        self.record("start", start_payload(trainer))
+        # The iteration resumed from is progress too: a kill right after a save may have
+        # cut off the report of that save.
+        resumed = trainer.state.iteration or None
+        self.record("start", start_payload(trainer), checkpoint=resumed)
 
     def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
-        now = time.monotonic()
-        if now - self._last_step >= self.min_step_s or event.iteration == event.max_iters:
+        now, saved = time.monotonic(), self._new_checkpoint(trainer)
+        due = now - self._last_step >= self.min_step_s or event.iteration == event.max_iters
+        if due or saved is not None:
             self._last_step = now
-            self.record("step", asdict(event))
+            self.record("step", asdict(event), checkpoint=saved)
 
     def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
-        self.record("epoch", event.to_json())
+        self.record("epoch", event.to_json(), checkpoint=self._new_checkpoint(trainer))
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        saved = self._new_checkpoint(trainer)
+        if saved is not None:  # the checkpoint of a stop (SIGTERM) or of the last step
+            fence: dict[str, Any] = {"job_id": self.job_id, "token": self.token}
+            self._write(
+                f"job {self.job_id}: checkpoint",
+                lambda session: repo.record_checkpoint(session, iteration=saved, **fence),
+            )
+            self._reported = saved
 
 
 def run_child(settings: Settings, job_id: str, token: int) -> None:
@@ -95,6 +147,8 @@ def run_child(settings: Settings, job_id: str, token: int) -> None:
     workdir = storage.job_dir(job_id)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "error.txt").unlink(missing_ok=True)  # from an earlier attempt
+    # Saves cut off by a kill leave temporary files; no save of this job runs before fit.
+    remove_stale_temporaries(workdir / "checkpoints")
     log = storage.log_file(job_id).open("a", buffering=1)
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
@@ -102,7 +156,8 @@ def run_child(settings: Settings, job_id: str, token: int) -> None:
     try:
         test, devices = _job_recipe(sessions, job_id, workdir)
     except Exception as exc:
-        os._exit(_failed(exc, workdir, DbEvents(sessions=sessions, job_id=job_id, token=token)))
+        events = DbEvents(sessions=sessions, job_id=job_id, token=token, lease_s=settings.lease_s)
+        os._exit(_failed(exc, workdir, events))
     if devices > 1:
         from service.worker.ranks import KILLED, launch_ranks
 
@@ -125,7 +180,7 @@ def train_job(
     storage = Storage(settings.data_dir)
     workdir = storage.job_dir(job_id)
     sessions = session_factory(make_engine(settings.db_url))
-    events = DbEvents(sessions=sessions, job_id=job_id, token=token)
+    events = DbEvents(sessions=sessions, job_id=job_id, token=token, lease_s=settings.lease_s)
     try:
         cfg = load_recipe(workdir / "recipe.yaml")
         with StopOnSignal() as stopper:

@@ -1,9 +1,15 @@
 """``Worker``: the claim loop. Each claimed job runs in a child process the worker watches.
 
 While the child trains, the worker renews the lease every ``heartbeat_s``; if the renewal is
-refused (the lease expired and another worker took the job), it kills the child and writes
-nothing more. Cancel requests and the worker's own SIGTERM reach the child as SIGTERM: it
-checkpoints and exits, and the job is cancelled or released for another worker to resume.
+refused (the lease expired and another worker took the job), or cannot be made before the
+lease runs out (the database stayed unreachable), it kills the child and writes nothing more.
+Cancel requests and the worker's own SIGTERM reach the child as SIGTERM: it checkpoints and
+exits, and the job is cancelled or released for another worker to resume. A child killed by
+a signal is retried; whether that spends an attempt is the store's rule (``leases``: only
+attempts that made no progress count).
+
+Every store call goes through ``with_retry``: a busy or briefly unreachable database delays
+the worker, it never kills it.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,13 +35,21 @@ from service.settings import Settings
 from service.storage import Storage
 from service.store import repo
 from service.store.db import make_engine, migrate, session_factory
+from service.store.retry import StoreUnavailableError, with_retry
 from service.worker.child import EXIT_FENCED, EXIT_OK, EXIT_STOPPED, run_child
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def new_worker_id() -> str:
+    """A name no other worker process ever had (its row also holds host and pid)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class Worker:
@@ -41,7 +57,7 @@ class Worker:
 
     def __init__(self, *, settings: Settings, worker_id: str | None = None) -> None:
         self.settings = settings
-        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.id = worker_id or new_worker_id()
         self.storage = Storage(settings.data_dir)
         self.devices = settings.worker_devices or local_devices()
         self._stopping = threading.Event()
@@ -69,31 +85,62 @@ class Worker:
             self.devices,
         )
         while not self._stopping.is_set():
-            self._seen()
-            claim = repo.claim_next_job(
-                self.sessions,
-                worker_id=self.id,
-                lease_s=self.settings.lease_s,
-                now=now(),
-                max_devices=self.devices,
-            )
+            try:
+                claim = self._poll()
+            except StoreUnavailableError as exc:  # nothing held: wait, then look again
+                log.warning("worker %s: store unavailable: %s", self.id, exc)
+                claim = None
             if claim is None:
                 self._stopping.wait(self.settings.poll_s)
                 continue
             log.info("job %s: attempt %d (token %d)", claim.job_id, claim.attempt, claim.token)
             self._run_claim(claim)
+        self._store("worker stopped", self._gone, deadline=self._lease_deadline())
 
-    def _seen(self) -> None:
-        with self.sessions() as session:
-            repo.worker_seen(
-                session,
+    def _poll(self) -> repo.Claim | None:
+        """Say the worker is alive, then claim the next job it can run (None: none)."""
+        self._store("worker heartbeat", self._seen, deadline=self._lease_deadline())
+        return with_retry(
+            lambda: repo.claim_next_job(
+                self.sessions,
                 worker_id=self.id,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                devices=self.devices,
+                lease_s=self.settings.lease_s,
                 now=now(),
-            )
-            session.commit()
+                max_devices=self.devices,
+            ),
+            what="claim",
+            deadline=self._lease_deadline(),
+        )
+
+    def _store(
+        self, what: str, write: Callable[[Session], T], *, deadline: float | None = None
+    ) -> T:
+        """``write`` in a transaction of its own, retried while the database is busy."""
+
+        def transaction() -> T:
+            with self.sessions() as session:
+                result = write(session)
+                session.commit()
+                return result
+
+        return with_retry(transaction, what=what, deadline=deadline)
+
+    def _lease_deadline(self) -> float:
+        """A monotonic time one lease from now: retrying longer would outlive a lease."""
+        return time.monotonic() + self.settings.lease_s
+
+    def _seen(self, session: Session) -> None:
+        repo.worker_seen(
+            session,
+            worker_id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            devices=self.devices,
+            now=now(),
+        )
+
+    def _gone(self, session: Session) -> None:
+        repo.worker_gone(session, worker_id=self.id, cause="worker stopped", now=now())
 
     def _run_claim(self, claim: repo.Claim) -> None:
         self.storage.job_dir(claim.job_id).mkdir(parents=True, exist_ok=True)
@@ -105,34 +152,42 @@ class Worker:
         )
         child.start()
         stop_sent = cancelled = False
+        lease_until = time.monotonic() + self.settings.lease_s
         while True:
             child.join(timeout=self.settings.heartbeat_s)
             if not child.is_alive():
                 break
-            with self.sessions() as session:
-                beat = repo.heartbeat(
-                    session,
-                    job_id=claim.job_id,
-                    token=claim.token,
-                    lease_s=self.settings.lease_s,
-                    now=now(),
+            beat_started = time.monotonic()
+            try:
+                beat = self._store(
+                    "lease heartbeat", lambda s: self._beat(s, claim), deadline=lease_until
                 )
-                session.commit()
-            self._seen()
+            except StoreUnavailableError:
+                beat = None  # the lease may be gone by now: behave as fenced out
             if beat is None:  # fenced out: someone else owns the job now
                 log.warning("job %s: lease lost; stopping the child", claim.job_id)
                 child.kill()
                 child.join()
                 return
+            lease_until = beat_started + self.settings.lease_s
             cancelled = cancelled or beat.cancel_requested
             if (cancelled or self._stopping.is_set()) and not stop_sent and child.pid is not None:
                 os.kill(child.pid, signal.SIGTERM)  # the child checkpoints, then exits
                 stop_sent = True
         self._settle(claim, child.exitcode, cancelled=cancelled)
 
+    def _beat(self, session: Session, claim: repo.Claim) -> repo.HeartbeatResult | None:
+        """Renew the lease and say the worker is alive, in one write transaction."""
+        beat = repo.heartbeat(
+            session, job_id=claim.job_id, token=claim.token, lease_s=self.settings.lease_s,
+            now=now(),
+        )  # fmt: skip
+        self._seen(session)
+        return beat
+
     def _settle(self, claim: repo.Claim, exitcode: int | None, *, cancelled: bool) -> None:
         """Turn the child's exit into the job's next state (all writes fenced)."""
-        job_id, token, t = claim.job_id, claim.token, now()
+        job_id, t = claim.job_id, now()
         model, model_error = None, None
         if exitcode == EXIT_OK and not cancelled:
             try:  # read and hash the file before the write transaction, not inside it
@@ -140,54 +195,57 @@ class Worker:
             except Exception as exc:
                 log.exception("job %s: cannot register its model", job_id)
                 model_error = f"training finished but its model cannot be registered: {exc}"
-        with self.sessions() as session:
-            if cancelled and exitcode in (EXIT_OK, EXIT_STOPPED):
-                repo.finish_job(
-                    session, job_id=job_id, token=token, status="cancelled", error=None, now=t
-                )
-            elif exitcode == EXIT_OK and model is not None:
-                if repo.finish_job(
-                    session, job_id=job_id, token=token, status="succeeded", error=None, now=t
-                ):
-                    job = repo.get_job(session, job_id)
-                    dataset = (
-                        repo.get_dataset(session, job.train_dataset_id)
-                        if job.train_dataset_id
-                        else None
-                    )
-                    name = f"{dataset.name if dataset else 'model'} ({job_id[:8]})"
-                    repo.create_model(session, job_id=job_id, name=name, now=t, **model)
-            elif exitcode == EXIT_OK:
-                repo.finish_job(
-                    session, job_id=job_id, token=token, status="failed", error=model_error, now=t
-                )
-            elif exitcode == EXIT_STOPPED:
-                repo.release_job(session, job_id=job_id, token=token, now=t)
-            elif exitcode == EXIT_FENCED:
-                pass
-            elif exitcode is not None and exitcode > 0:
-                error = (
-                    self._error_text(job_id)
-                    or f"training failed (exit code {exitcode}); see the job log"
-                )
-                repo.finish_job(
-                    session, job_id=job_id, token=token, status="failed", error=error, now=t
-                )
-            else:  # killed by a signal (OOM killer, SIGKILL): retry from the last checkpoint
-                self._retry_or_fail(
-                    session, claim, f"training process killed by signal {-(exitcode or 0)}"
-                )
-            session.commit()
 
-    def _retry_or_fail(self, session: Session, claim: repo.Claim, reason: str) -> None:
-        job = repo.get_job(session, claim.job_id)
-        if job.attempt >= job.max_attempts:
-            repo.finish_job(
-                session, job_id=claim.job_id, token=claim.token, status="failed",
-                error=f"{reason}; gave up after {job.attempt} attempts", now=now(),
-            )  # fmt: skip
-        else:
-            repo.release_job(session, job_id=claim.job_id, token=claim.token, now=now())
+        def write(session: Session) -> None:
+            self._write_outcome(session, claim, exitcode, cancelled, model, model_error, t)
+
+        try:
+            self._store(f"job {job_id}: outcome", write, deadline=self._lease_deadline())
+        except StoreUnavailableError:
+            # Its lease runs out; the next claim settles the job as an abnormal end.
+            log.exception("job %s: cannot record the outcome of the attempt", job_id)
+
+    def _write_outcome(
+        self,
+        session: Session,
+        claim: repo.Claim,
+        exitcode: int | None,
+        cancelled: bool,
+        model: dict[str, Any] | None,
+        model_error: str | None,
+        t: datetime,
+    ) -> None:
+        """The job's next state for the child's exit code (every write fenced by the token)."""
+        fence: dict[str, Any] = {"job_id": claim.job_id, "token": claim.token, "now": t}
+        if cancelled and exitcode in (EXIT_OK, EXIT_STOPPED):
+            repo.finish_job(session, status="cancelled", **fence)
+        elif exitcode == EXIT_OK and model is not None:
+            if repo.finish_job(session, status="succeeded", **fence):
+                self._register_model(session, claim.job_id, model, t)
+        elif exitcode == EXIT_OK:
+            repo.finish_job(session, status="failed", error=model_error, **fence)
+        elif exitcode == EXIT_STOPPED:
+            repo.release_job(session, **fence)
+        elif exitcode == EXIT_FENCED:
+            pass
+        elif exitcode is not None and exitcode > 0:
+            error = (
+                self._error_text(claim.job_id)
+                or f"training failed (exit code {exitcode}); see the job log"
+            )
+            repo.finish_job(session, status="failed", error=error, **fence)
+        else:  # killed by a signal (OOM killer, SIGKILL): resume from the last checkpoint
+            cause = f"training process killed by signal {-(exitcode or 0)}"
+            repo.retry_job(session, cause=cause, **fence)
+
+    def _register_model(
+        self, session: Session, job_id: str, model: dict[str, Any], t: datetime
+    ) -> None:
+        """The model row of the job just marked succeeded (same transaction)."""
+        job = repo.get_job(session, job_id)
+        dataset = repo.get_dataset(session, job.train_dataset_id) if job.train_dataset_id else None
+        name = f"{dataset.name if dataset else 'model'} ({job_id[:8]})"
+        repo.create_model(session, job_id=job_id, name=name, now=t, **model)
 
     def _model_facts(self, job_id: str) -> dict[str, Any]:
         """What the model row of a succeeded job holds, from its model file."""

@@ -1,15 +1,17 @@
 """The ``images`` section of a COCO file and its files, for :mod:`detector.data.validate`.
 
-Each entry needs an integer id and a file name inside the image folder; each file must exist
-and be decodable by the loader, and its real size wins over the declared one. By default only
-the header is read (PIL parses the size without decoding pixels), which is fast enough for
-COCO-sized folders. A truncated file passes that check, so ``decode=True`` decodes every image
-fully with the same decoder the data loader uses.
+Each entry needs a 64-bit integer id and a file name inside the image folder (after following
+links: a name may not lead out of the dataset's root); each file must exist, be decodable by
+the loader and not exceed the pixel limit, and its real size wins over the declared one. By
+default only the header is read (PIL parses the size without decoding pixels), which is fast
+enough for COCO-sized folders. A truncated file passes that check, so ``decode=True`` decodes
+every image fully with the same decoder the data loader uses.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,8 +28,17 @@ _PROBE_CODES = {"missing": "missing_image", "unsupported_format": "unsupported_f
 # multi-picture JPEG that some cameras write, which decodes as an ordinary JPEG.
 DECODABLE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP"})
 
+DEFAULT_MAX_PIXELS = 89_478_485
+"""Pillow's decompression-bomb limit: it warns above this and refuses twice as much."""
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""COCO ids become int64 tensors (image ids) and checkpoint entries (category ids)."""
+
 _MAX_WORKERS = 8
 _CPP_PREFIX = re.compile(r"^.*\.cpp:\d+,\s*")
+# Control characters cannot name a file portably and NUL cannot be stored (PostgreSQL);
+# a lone surrogate (JSON allows "\ud800") cannot be encoded as UTF-8 at all.
+_UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_MAX_NAME_BYTES, _MAX_PART_BYTES = 4096, 255
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -45,11 +56,16 @@ class ImageProbe:
 
 
 def resolve_inside(image_dir: Path, file_name: str) -> Path | None:
-    """``image_dir / file_name``, or None when ``file_name`` is absolute or climbs out with ``..``.
+    """``image_dir / file_name``, or None when ``file_name`` is absolute, climbs out with ``..``
+    or is no valid file name (control characters, longer than the filesystem takes).
 
     Both separators are checked so a Windows-made JSON cannot escape on Linux either.
     """
-    if not file_name or file_name.startswith(("/", "\\")):
+    if not file_name or file_name.startswith(("/", "\\")) or not is_clean_text(file_name):
+        return None
+    if len(file_name.encode()) > _MAX_NAME_BYTES or any(
+        len(part.encode()) > _MAX_PART_BYTES for part in PurePosixPath(file_name).parts
+    ):
         return None
     for pure in (PurePosixPath(file_name), PureWindowsPath(file_name)):
         if pure.is_absolute() or pure.drive or ".." in pure.parts:
@@ -62,9 +78,12 @@ def probe_image(path: Path, *, decode: bool = False) -> ImageProbe:
     if not path.is_file():
         return ImageProbe(path=path, status="missing", detail=f"file not found: {path}")
     try:
-        with Image.open(path) as image:
-            size = (int(image.size[0]), int(image.size[1]))
-            fmt = image.format or "unknown"
+        with warnings.catch_warnings():
+            # Pillow warns about a bomb past its limit; the caller's pixel limit decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                size = (int(image.size[0]), int(image.size[1]))
+                fmt = image.format or "unknown"
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         return ImageProbe(path=path, status="unreadable", detail=f"cannot read {path}: {exc}")
     if fmt not in DECODABLE_FORMATS:
@@ -119,22 +138,32 @@ class ImageFile:
 
 
 def check_images(
-    items: list[Any], image_dir: Path, *, decode: bool, add: IssueSink
+    items: list[Any],
+    image_dir: Path,
+    *,
+    decode: bool,
+    add: IssueSink,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    root: Path | None = None,
 ) -> dict[int, ImageFile]:
     """Check the ``images`` section and probe every file; entries by id, in file order.
 
     An entry without an int id and str file name, with a repeated id, or with a name leaving
-    ``image_dir`` is reported and left out.
+    ``image_dir`` (or, following links, ``root``: default ``image_dir``) is reported and left
+    out. A file of more than ``max_pixels`` pixels is an error.
     """
+    inside = (root or image_dir).resolve()
     entries: dict[int, tuple[str, Path]] = {}
     declared: dict[int, tuple[int, int]] = {}
     first_of_file: dict[str, int] = {}
     for index, item in enumerate(items):
         image_id, name = json_get(item, "id"), json_get(item, "file_name")
-        ids: dict[str, Any] = {"image_id": image_id if is_json_int(image_id) else None}
-        ids["file_name"] = name if isinstance(name, str) else None
-        if not is_json_int(image_id) or not isinstance(name, str):
-            msg = f"images[{index}] needs an int id and a str file_name, got {short_repr(item)}"
+        ids: dict[str, Any] = {"image_id": image_id if is_json_id(image_id) else None}
+        ids["file_name"] = name if isinstance(name, str) and is_clean_text(name) else None
+        if not is_json_id(image_id) or not isinstance(name, str):
+            msg = (
+                f"images[{index}] needs a 64-bit int id and a str file_name, got {short_repr(item)}"
+            )
             add("error", "invalid_image", msg, **ids)
             continue
         path = resolve_inside(image_dir, name)
@@ -143,7 +172,12 @@ def check_images(
             add("error", "duplicate_image_id", msg, **ids)
             continue
         if path is None:
-            add("error", "unsafe_file_name", f"{name!r} is absolute or leaves the folder", **ids)
+            msg = f"{short_repr(name)} is absolute, leaves the folder or is no valid file name"
+            add("error", "unsafe_file_name", msg, **ids)
+            continue
+        if not path.resolve().is_relative_to(inside):
+            msg = f"{name!r} links to a file outside {inside}"
+            add("error", "unsafe_file_name", msg, **ids)
             continue
         if name in first_of_file:
             msg = f"{name} is also image {first_of_file[name]}; both are kept"
@@ -164,13 +198,17 @@ def check_images(
     files = {}
     for (image_id, (name, path)), probe in zip(entries.items(), probes, strict=True):
         ids = {"image_id": image_id, "file_name": name}
-        said = declared.get(image_id)
-        if probe.size is None:
+        said, size = declared.get(image_id), probe.size
+        if size is None:
             add("error", _PROBE_CODES.get(probe.status, "unreadable_image"), probe.detail, **ids)
-        elif said is not None and said != probe.size:
-            msg = f"declared {_wh(said)} but the file is {_wh(probe.size)}; the file's is used"
+        elif size[0] * size[1] > max_pixels:  # prediction would refuse it: so does training
+            msg = f"{_wh(size)} pixels exceeds the limit of {max_pixels}"
+            add("error", "image_too_large", msg, **ids)
+            size = None
+        elif said is not None and said != size:
+            msg = f"declared {_wh(said)} but the file is {_wh(size)}; the file's is used"
             add("warning", "size_mismatch", msg, **ids)
-        files[image_id] = ImageFile(id=image_id, file_name=name, path=path, size=probe.size)
+        files[image_id] = ImageFile(id=image_id, file_name=name, path=path, size=size)
     return files
 
 
@@ -182,6 +220,16 @@ def json_get(item: object, key: str) -> Any:
 def is_json_int(value: object) -> TypeGuard[int]:
     """An integer, and not a bool (JSON ``true`` parses as a Python int subclass)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_json_id(value: object) -> TypeGuard[int]:
+    """A JSON integer that fits in 64 bits, as every COCO id must."""
+    return is_json_int(value) and INT64_MIN <= value <= INT64_MAX
+
+
+def is_clean_text(value: str) -> bool:
+    """No control characters and no lone surrogates: text that can be stored and sent."""
+    return _UNSAFE_CHARS.search(value) is None
 
 
 def short_repr(value: object, limit: int = 80) -> str:

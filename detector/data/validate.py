@@ -3,7 +3,9 @@
 The severity of a defect depends on whether it is confined to one box:
 
 - ``error``: the dataset is unusable or ambiguous (bad JSON or structure, duplicate ids, an
-  annotation of an unknown image, a missing or unreadable image file). Training refuses it.
+  annotation of an unknown image, a missing, unreadable or too large image file, an id past
+  64 bits, a name with control characters, a file name leading out of the dataset). Training
+  refuses it.
 - ``warning``: one box is dropped (bad bbox, non-positive size, unknown category, entirely
   outside the image, a near-duplicate of another box of its class) or clipped to the image;
   a declared image size is wrong (the real one is used); a category has no boxes; two image
@@ -17,13 +19,21 @@ through :func:`load_coco`, never around it.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
-from detector.data.images import ImageFile, check_images, is_json_int, json_get, short_repr
+from detector.data.boxes import Box, fmt_box, fmt_number, iou, is_finite_number
+from detector.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageFile,
+    check_images,
+    is_clean_text,
+    is_json_id,
+    json_get,
+    short_repr,
+)
 from detector.data.report import DatasetError, Issue, Severity, ValidationReport
 
 __all__ = [
@@ -38,7 +48,6 @@ __all__ = [
     "validate_coco",
 ]
 
-Box = tuple[float, float, float, float]
 _SECTIONS = ("images", "annotations", "categories")
 DUPLICATE_IOU = 0.9
 """Two boxes of one class overlapping this much in one image are one object labelled twice."""
@@ -78,7 +87,13 @@ class CleanCoco:
 
 
 def validate_coco(
-    annotations: Path, image_dir: Path, *, strict: bool = False, decode_images: bool = False
+    annotations: Path,
+    image_dir: Path,
+    *,
+    strict: bool = False,
+    decode_images: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    root: Path | None = None,
 ) -> CleanCoco:
     """Check a COCO detection file and its images; never raises for a defect of the data.
 
@@ -87,6 +102,8 @@ def validate_coco(
         strict: every warning becomes an error (no box may be dropped or clipped).
         decode_images: decode every image fully (slow; finds truncated files) instead of
             reading only the headers.
+        max_pixels: larger images are errors. root: image files must lie inside it once
+            links are followed (default: ``image_dir``).
     """
     checker = _Checker(strict=strict)
     annotations, image_dir = Path(annotations), Path(image_dir)
@@ -95,7 +112,14 @@ def validate_coco(
     images: tuple[ImageRecord, ...] = ()
     if sections is not None:
         categories = checker.categories(sections["categories"])
-        files = check_images(sections["images"], image_dir, decode=decode_images, add=checker.add)
+        files = check_images(
+            sections["images"],
+            image_dir,
+            decode=decode_images,
+            add=checker.add,
+            max_pixels=max_pixels,
+            root=root,
+        )
         images = checker.annotations(sections["annotations"], files, categories)
     report = ValidationReport(
         annotations_path=annotations,
@@ -108,11 +132,18 @@ def validate_coco(
     return CleanCoco(categories=categories, images=images, report=report)
 
 
-def load_coco(
-    annotations: Path, image_dir: Path, *, strict: bool = False, decode_images: bool = False
-) -> CleanCoco:
-    """:func:`validate_coco`, raising :class:`DatasetError` when the report has errors."""
-    coco = validate_coco(annotations, image_dir, strict=strict, decode_images=decode_images)
+class Options(TypedDict, total=False):
+    """The keyword options of :func:`validate_coco`."""
+
+    strict: bool
+    decode_images: bool
+    max_pixels: int
+    root: Path | None
+
+
+def load_coco(annotations: Path, image_dir: Path, **options: Unpack[Options]) -> CleanCoco:
+    """:func:`validate_coco` (same options), raising :class:`DatasetError` on errors."""
+    coco = validate_coco(annotations, image_dir, **options)
     if not coco.report.ok:
         raise DatasetError(coco.report)
     return coco
@@ -153,6 +184,9 @@ class _Checker:
         except ValueError as exc:  # also UnicodeDecodeError
             self.add("error", "invalid_json", f"{path} is not valid JSON: {exc}")
             return None
+        except RecursionError:  # the stdlib parser recurses; COCO nests four levels
+            self.add("error", "invalid_json", f"{path} nests too deeply to be a COCO file")
+            return None
         if not isinstance(raw, dict):
             msg = f"the top level must be an object, got {type(raw).__name__}"
             self.add("error", "invalid_structure", msg)
@@ -169,9 +203,12 @@ class _Checker:
         found: dict[int, Category] = {}
         for index, item in enumerate(items):
             cat_id, name = json_get(item, "id"), json_get(item, "name")
-            if not is_json_int(cat_id) or not isinstance(name, str):
-                msg = f"categories[{index}] needs an int id and a str name, got {short_repr(item)}"
-                some_id = cat_id if is_json_int(cat_id) else None
+            if not is_json_id(cat_id) or not isinstance(name, str) or not is_clean_text(name):
+                msg = (
+                    f"categories[{index}] needs a 64-bit int id and a name without control "
+                    f"characters, got {short_repr(item)}"
+                )
+                some_id = cat_id if is_json_id(cat_id) else None
                 self.add("error", "invalid_category", msg, category_id=some_id)
             elif cat_id in found:
                 msg = f"category id {cat_id} ({name!r}) repeats {found[cat_id].name!r}"
@@ -195,20 +232,22 @@ class _Checker:
         seen_ids: set[int] = set()
         for index, item in enumerate(items):
             ann_id, image_id = json_get(item, "id"), json_get(item, "image_id")
-            if not is_json_int(ann_id):
-                msg = f"annotations[{index}] is not an object with an int id: {short_repr(item)}"
+            if not is_json_id(ann_id):
+                msg = f"annotations[{index}] is not an object with a 64-bit int id: " + short_repr(
+                    item
+                )
                 self.add("error", "invalid_annotation", msg)
                 continue
             if ann_id in seen_ids:
                 msg = f"annotation id {ann_id} appears twice"
                 self.add("error", "duplicate_annotation_id", msg, annotation_id=ann_id)
             seen_ids.add(ann_id)
-            if not is_json_int(image_id) or image_id not in files:
+            if not is_json_id(image_id) or image_id not in files:
                 # A rejected image entry was reported already; this names its annotations.
                 msg = f"image_id {short_repr(image_id)} is not a valid image entry"
                 ids = {
                     "annotation_id": ann_id,
-                    "image_id": image_id if is_json_int(image_id) else None,
+                    "image_id": image_id if is_json_id(image_id) else None,
                 }
                 self.add("error", "unknown_image", msg, **ids)
                 continue
@@ -240,10 +279,10 @@ class _Checker:
                 )
                 if i in drop or not same:
                     continue
-                overlap = _iou(kept.boxes[i], kept.boxes[j])
+                overlap = iou(kept.boxes[i], kept.boxes[j])
                 if overlap >= DUPLICATE_IOU:
                     msg = (
-                        f"box {_fmt_box(kept.boxes[j])} repeats annotation "
+                        f"box {fmt_box(kept.boxes[j])} repeats annotation "
                         f"{kept.annotation_ids[i]} of the same category (IoU {overlap:.2f}); "
                         "box dropped"
                     )
@@ -268,18 +307,19 @@ class _Checker:
         """The xyxy box, clipped to the image, and whether it was clipped; None if dropped."""
         ids = {"annotation_id": ann_id, "image_id": file.id, "file_name": file.file_name}
         cat, bbox, crowd = item.get("category_id"), item.get("bbox"), item.get("iscrowd", 0)
-        if not is_json_int(cat) or cat not in known:
+        if not is_json_id(cat) or cat not in known:
             msg = f"category_id {short_repr(cat)} is not a category; box dropped"
             self.add("warning", "unknown_category", msg, **ids)
             return None
         ids["category_id"] = cat
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_finite, bbox)):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(is_finite_number, bbox)):
             msg = f"bbox must be 4 finite numbers [x, y, w, h], got {short_repr(bbox)}; dropped"
             self.add("warning", "invalid_bbox", msg, **ids)
             return None
         x, y, w, h = (float(v) for v in bbox)
         if w <= 0 or h <= 0:
-            msg = f"bbox {_fmt_box(bbox)} has width {_n(w)}, height {_n(h)}; box dropped"
+            size = f"width {fmt_number(w)}, height {fmt_number(h)}"
+            msg = f"bbox {fmt_box(bbox)} has {size}; box dropped"
             self.add("warning", "nonpositive_box", msg, **ids)
             return None
         if crowd not in (0, 1):
@@ -295,17 +335,17 @@ class _Checker:
     ) -> tuple[Box, bool] | None:
         x0, y0, x1, y1 = box
         width, height = size
-        where = f"box {_fmt_box(box)} (xyxy) in a {width}x{height} image"
+        where = f"box {fmt_box(box)} (xyxy) in a {width}x{height} image"
         if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
             msg = f"{where} is entirely outside it; box dropped"
             self.add("warning", "box_entirely_outside", msg, **ids)
             return None
         over = {"left": -x0, "top": -y0, "right": x1 - width, "bottom": y1 - height}
-        sides = ", ".join(f"{_n(v)} px on the {side}" for side, v in over.items() if v > 0)
+        sides = ", ".join(f"{fmt_number(v)} px on the {side}" for side, v in over.items() if v > 0)
         if not sides:
             return box, False
         inside = (max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height)))
-        msg = f"{where} is outside it by {sides}; clipped to {_fmt_box(inside)}"
+        msg = f"{where} is outside it by {sides}; clipped to {fmt_box(inside)}"
         self.add("warning", "box_outside_image", msg, **ids)
         return inside, True
 
@@ -362,23 +402,3 @@ class _Checker:
             },
         )
         return records
-
-
-def _iou(a: Box, b: Box) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _is_finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _n(value: float) -> str:
-    return f"{value:.6g}"
-
-
-def _fmt_box(box: Any) -> str:
-    return "[" + ", ".join(_n(float(v)) for v in box) + "]"

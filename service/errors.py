@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from detector import DatasetError, RecipeError
@@ -32,6 +34,19 @@ class ApiError(Exception):
         self.details, self.headers = details, headers
 
 
+def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
+    """Where each problem is and what it is, without echoing the (possibly huge) input."""
+    return [{"loc": list(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+
+
+class ErrorJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: messages quote what the client sent, and a lone surrogate
+    (JSON allows "\\ud800") cannot be encoded as UTF-8 but can be escaped."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
 def error_response(
     status_code: int,
     code: str,
@@ -40,7 +55,16 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details}}
-    return JSONResponse(body, status_code=status_code, headers=headers)
+    return ErrorJSONResponse(body, status_code=status_code, headers=headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request",  # an unparsable body or multipart form (FastAPI's, Starlette's)
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -74,9 +98,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.status_code, "http_error"
-        )
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(
             exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
         )

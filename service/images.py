@@ -57,7 +57,8 @@ def decode_upload(name: str, data: bytes, *, max_pixels: int) -> Tensor:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 rgb = image.convert("RGB")  # decodes; truncated data raises OSError
-        except (OSError, SyntaxError, ValueError) as exc:
+        # TypeError: Pillow's TIFF reader on a damaged offset table (found by fuzzing).
+        except (OSError, SyntaxError, ValueError, TypeError) as exc:
             raise ApiError(
                 422, "invalid_image", f"{name}: cannot decode the image: {exc}"
             ) from None

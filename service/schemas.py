@@ -1,17 +1,41 @@
-"""Request and response bodies of the HTTP API (one family of schemas per resource)."""
+"""Request and response bodies of the HTTP API (one family of schemas per resource).
+
+Request bodies refuse at the door what the store or the training cannot take: integers past
+the store's 32-bit columns, non-finite numbers, text with control characters (PostgreSQL
+refuses NUL; no path holds a newline), recipe overrides nested deeper than any recipe.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from detector.config import check_nesting
+from detector.data.images import is_clean_text
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+DB_INT_MIN, DB_INT_MAX = -(2**31), 2**31 - 1
+"""The store's ``Integer`` columns: 32 bits on PostgreSQL."""
+ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+"""Every id the service hands out (hex uuids); anything else cannot name a resource."""
+
+
+def _clean(value: str) -> str:
+    if not is_clean_text(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_clean)]
+ResourceId = Annotated[str, Field(pattern=ID_PATTERN)]
+DatasetName = Annotated[Text, Field(min_length=1, max_length=200)]
+ServerPath = Annotated[Text, Field(min_length=1, max_length=4096)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ErrorDetail(_Body):
@@ -29,11 +53,11 @@ class ErrorBody(_Body):
 class DatasetRegister(_Body):
     """Register a COCO dataset already on the server, under the configured dataset root."""
 
-    name: str = Field(min_length=1, max_length=200)
-    annotations: str = Field(
+    name: DatasetName
+    annotations: ServerPath = Field(
         description="COCO JSON, relative to the dataset root or absolute inside it"
     )
-    images: str = Field(
+    images: ServerPath = Field(
         description="image folder, relative to the dataset root or absolute inside it"
     )
 
@@ -58,9 +82,9 @@ class DatasetsPublic(_Body):
 
 
 class JobCreate(_Body):
-    train_dataset_id: str
-    val_dataset_id: str | None = None
-    test_dataset_id: str | None = None
+    train_dataset_id: ResourceId
+    val_dataset_id: ResourceId | None = None
+    test_dataset_id: ResourceId | None = None
     holdout_fraction: float = Field(
         default=0.2,
         gt=0,
@@ -70,13 +94,13 @@ class JobCreate(_Body):
     recipe: str = Field(
         default="shapes_tiny", pattern=r"^[A-Za-z0-9_\-]+$", description="a recipe name"
     )
-    recipe_overrides: dict[str, Any] = Field(
+    recipe_overrides: Annotated[dict[str, Any], AfterValidator(check_nesting)] = Field(
         default_factory=dict, description="recipe sections merged over the named recipe"
     )
-    overrides: list[str] = Field(
-        default_factory=list, description='dotted overrides: ["loss.gamma=1.5"]'
+    overrides: list[Annotated[str, Field(max_length=10_000)]] = Field(
+        default_factory=list, max_length=1000, description='dotted overrides: ["loss.gamma=1.5"]'
     )
-    priority: int = 0
+    priority: int = Field(default=0, ge=DB_INT_MIN, le=DB_INT_MAX)
     devices: int = Field(
         default=1,
         ge=1,

@@ -61,11 +61,7 @@ def resolve_inside(image_dir: Path, file_name: str) -> Path | None:
 
     Both separators are checked so a Windows-made JSON cannot escape on Linux either.
     """
-    if not file_name or file_name.startswith(("/", "\\")) or not is_clean_text(file_name):
-        return None
-    if len(file_name.encode()) > _MAX_NAME_BYTES or any(
-        len(part.encode()) > _MAX_PART_BYTES for part in PurePosixPath(file_name).parts
-    ):
+    if not file_name or file_name.startswith(("/", "\\")) or not is_file_name(file_name):
         return None
     for pure in (PurePosixPath(file_name), PureWindowsPath(file_name)):
         if pure.is_absolute() or pure.drive or ".." in pure.parts:
@@ -230,6 +226,15 @@ def is_json_id(value: object) -> TypeGuard[int]:
 def is_clean_text(value: str) -> bool:
     """No control characters and no lone surrogates: text that can be stored and sent."""
     return _UNSAFE_CHARS.search(value) is None
+
+
+def is_file_name(name: str) -> bool:
+    """Clean text no longer than a filesystem takes (4096 bytes, 255 per component)."""
+    return (
+        is_clean_text(name)
+        and len(name.encode()) <= _MAX_NAME_BYTES
+        and all(len(part.encode()) <= _MAX_PART_BYTES for part in PurePosixPath(name).parts)
+    )
 
 
 def short_repr(value: object, limit: int = 80) -> str:

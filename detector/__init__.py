@@ -13,7 +13,7 @@ from detector.data.validate import (
     validate_coco,
 )
 from detector.engine.callbacks import Callback, EpochEvent, StepEvent
-from detector.engine.checkpoint import remove_stale_temporaries
+from detector.engine.checkpoint import load_checkpoint, remove_stale_temporaries
 from detector.engine.distributed import local_devices
 from detector.engine.trainer import FitResult, NonFiniteLossError, fit
 from detector.evaluate.coco import CocoMetrics
@@ -42,6 +42,7 @@ __all__ = [
     "ValidationReport",
     "export_onnx",
     "fit",
+    "load_checkpoint",
     "load_coco",
     "load_recipe",
     "local_devices",

@@ -160,6 +160,9 @@ class Checkpointer(Callback):
 
     def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
         payload = trainer.checkpoint()
+        # The epoch's report travels with the state it describes: a run killed after this
+        # save but before a callback recorded the event can still record it when resumed.
+        payload["epoch_event"] = event.to_json()
         if event.metrics is not None:
             # The model file's per-class score thresholds are read from these.
             payload["val_metrics"] = event.metrics.model_dump(mode="json")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.store.errors import StoreError
 
@@ -73,6 +74,25 @@ def with_retry(
             log.warning("%s: %s; retry %d in %.2fs", what, _short(error), tries, pause)
             time.sleep(pause)
             delay = min(max_delay_s, delay * 2)
+
+
+def in_transaction(
+    factory: sessionmaker[Session],
+    work: Callable[[Session], T],
+    *,
+    what: str,
+    deadline: float | None = None,
+) -> T:
+    """``work(session)`` in a transaction of its own, committed; all of it run again (a new
+    session) after a transient error, as ``with_retry`` does."""
+
+    def transaction() -> T:
+        with factory() as session:
+            result = work(session)
+            session.commit()
+            return result
+
+    return with_retry(transaction, what=what, deadline=deadline)
 
 
 def _short(error: BaseException) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,6 +32,7 @@ from detector import (
     Predictor,
     StepEvent,
     fit,
+    load_checkpoint,
     load_recipe,
     remove_stale_temporaries,
     save_model_file,
@@ -41,8 +42,10 @@ from service.settings import Settings
 from service.storage import Storage
 from service.store import repo
 from service.store.db import make_engine, session_factory
-from service.store.retry import StoreUnavailableError, with_retry
+from service.store.retry import StoreUnavailableError, in_transaction
 from service.worker.holdout import split_holdout
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILED = 2
@@ -68,9 +71,11 @@ class DbEvents(Callback):
         job_id: str,
         token: int,
         lease_s: float,
+        last_checkpoint: Path,
         min_step_s: float = 1.0,
     ) -> None:
         self.sessions, self.job_id, self.token = sessions, job_id, token
+        self.last_checkpoint = last_checkpoint
         self.lease_s, self.min_step_s = lease_s, min_step_s
         self._last_step = 0.0
         self._reported: int | None = None
@@ -92,21 +97,19 @@ class DbEvents(Callback):
             self._reported = checkpoint
 
     def _write(self, what: str, write: Callable[[Session], bool]) -> None:
-        """Run ``write`` in its own transaction, retried while the database is busy but not
-        past a lease: by then another worker may own the job, so stop as if fenced."""
+        """Run the fenced ``write``; a refusal means another worker owns the job now."""
+        if not self._transaction(what, write):
+            raise LeaseLostError(f"job {self.job_id}: lease lost (token {self.token})")
 
-        def transaction() -> bool:
-            with self.sessions() as session:
-                ok = write(session)
-                session.commit()
-                return ok
+    def _transaction(self, what: str, work: Callable[[Session], T]) -> T:
+        """``work`` in its own transaction, retried while the database is busy but not past a
+        lease: by then another worker may own the job, so stop as if fenced."""
 
+        deadline = time.monotonic() + self.lease_s
         try:
-            ok = with_retry(transaction, what=what, deadline=time.monotonic() + self.lease_s)
+            return in_transaction(self.sessions, work, what=what, deadline=deadline)
         except StoreUnavailableError as exc:
             raise LeaseLostError(f"job {self.job_id}: {exc}") from exc
-        if not ok:
-            raise LeaseLostError(f"job {self.job_id}: lease lost (token {self.token})")
 
     def _new_checkpoint(self, trainer: Trainer) -> int | None:
         """The iteration of a ``last.pt`` saved since the last report, if any."""
@@ -118,6 +121,23 @@ class DbEvents(Callback):
         # cut off the report of that save.
         resumed = trainer.state.iteration or None
         self.record("start", start_payload(trainer), checkpoint=resumed)
+        if resumed:
+            self._recover_lost_epoch(trainer)
+
+    def _recover_lost_epoch(self, trainer: Trainer) -> None:
+        """Record the epoch event that a kill between the epoch-end save and its record cut
+        off (the checkpoint holds it): the metrics history then misses no epoch."""
+        done = trainer.state.epoch
+
+        def last_recorded(session: Session) -> int:
+            epochs = repo.epoch_events(session, self.job_id)
+            return max((e.payload["epoch"] for e in epochs), default=0)
+
+        if done == 0 or self._transaction("epoch events", last_recorded) >= done:
+            return
+        event = load_checkpoint(self.last_checkpoint).get("epoch_event")
+        if event is not None and event["epoch"] == done:
+            self.record("epoch", event)
 
     def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
         now, saved = time.monotonic(), self._new_checkpoint(trainer)
@@ -156,7 +176,13 @@ def run_child(settings: Settings, job_id: str, token: int) -> None:
     try:
         test, devices = _job_recipe(sessions, job_id, workdir)
     except Exception as exc:
-        events = DbEvents(sessions=sessions, job_id=job_id, token=token, lease_s=settings.lease_s)
+        events = DbEvents(
+            sessions=sessions,
+            job_id=job_id,
+            token=token,
+            lease_s=settings.lease_s,
+            last_checkpoint=workdir / "checkpoints" / "last.pt",
+        )
         os._exit(_failed(exc, workdir, events))
     if devices > 1:
         from service.worker.ranks import KILLED, launch_ranks
@@ -180,7 +206,13 @@ def train_job(
     storage = Storage(settings.data_dir)
     workdir = storage.job_dir(job_id)
     sessions = session_factory(make_engine(settings.db_url))
-    events = DbEvents(sessions=sessions, job_id=job_id, token=token, lease_s=settings.lease_s)
+    events = DbEvents(
+        sessions=sessions,
+        job_id=job_id,
+        token=token,
+        lease_s=settings.lease_s,
+        last_checkpoint=workdir / "checkpoints" / "last.pt",
+    )
     try:
         cfg = load_recipe(workdir / "recipe.yaml")
         with StopOnSignal() as stopper:

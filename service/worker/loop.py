@@ -35,7 +35,7 @@ from service.settings import Settings
 from service.storage import Storage
 from service.store import repo
 from service.store.db import make_engine, migrate, session_factory
-from service.store.retry import StoreUnavailableError, with_retry
+from service.store.retry import StoreUnavailableError, in_transaction, with_retry
 from service.worker.child import EXIT_FENCED, EXIT_OK, EXIT_STOPPED, run_child
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class Worker:
     @property
     def sessions(self) -> sessionmaker[Session]:
         if self._sessions is None:
-            migrate(self.settings.db_url)
+            with_retry(lambda: migrate(self.settings.db_url), what="migrate")
             self._sessions = session_factory(make_engine(self.settings.db_url))
         return self._sessions
 
@@ -116,14 +116,7 @@ class Worker:
         self, what: str, write: Callable[[Session], T], *, deadline: float | None = None
     ) -> T:
         """``write`` in a transaction of its own, retried while the database is busy."""
-
-        def transaction() -> T:
-            with self.sessions() as session:
-                result = write(session)
-                session.commit()
-                return result
-
-        return with_retry(transaction, what=what, deadline=deadline)
+        return in_transaction(self.sessions, write, what=what, deadline=deadline)
 
     def _lease_deadline(self) -> float:
         """A monotonic time one lease from now: retrying longer would outlive a lease."""

@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.settings import Settings
 from service.store import repo
-from service.store.db import make_engine, migrate, session_factory
-from service.store.retry import StoreUnavailableError, with_retry
+from service.store.db import make_engine, session_factory
+from service.store.retry import StoreUnavailableError, in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +135,14 @@ class Supervisor:
         now and the API stops listing it as alive."""
         cause = f"worker process died (exit code {exitcode})"
 
-        def transaction() -> list[str]:
-            with self.sessions() as session:
-                released = repo.worker_gone(
-                    session, worker_id=worker_id, cause=cause, now=datetime.now(UTC)
-                )
-                session.commit()
-                return released
+        def end(session: Session) -> list[str]:
+            return repo.worker_gone(
+                session, worker_id=worker_id, cause=cause, now=datetime.now(UTC)
+            )
 
         try:
-            released = with_retry(
-                transaction, what=f"worker {worker_id} gone", deadline=self._deadline()
+            released = in_transaction(
+                self.sessions, end, what=f"worker {worker_id} gone", deadline=self._deadline()
             )
         except StoreUnavailableError:
             log.exception("worker %s: cannot record its end; its lease will expire", worker_id)
@@ -155,8 +152,7 @@ class Supervisor:
 
     @property
     def sessions(self) -> sessionmaker[Session]:
-        if self._sessions is None:
-            migrate(self.settings.db_url)
+        if self._sessions is None:  # the schema is the API's and the workers' to migrate
             self._sessions = session_factory(make_engine(self.settings.db_url))
         return self._sessions
 

@@ -9,107 +9,21 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from detector import local_devices
-from detector.data.shapes import ShapesSpec, make_shapes_splits
 from detector.engine.checkpoint import load_checkpoint
 from service.client import ApiClientError, Client
-from service.settings import hash_key
 
-API_KEY = "test-key-0123456789"
-# Generous deadlines: a busy 2-core CI machine can be many times slower than an idle one.
-DEADLINE_S = 600
-SIZES = {"data": {"train_min_sizes": [96], "eval_min_size": 96, "max_size": 96}}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env(data_dir: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "RETINANET_DATA_DIR": str(data_dir),
-        "RETINANET_API_KEY_HASHES": hash_key(API_KEY),
-        "RETINANET_HEARTBEAT_S": "0.5",
-        "RETINANET_LEASE_S": "4",
-        "RETINANET_POLL_S": "0.2",
-    }
-
-
-def _start(args: list[str], data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *args], env=_env(data_dir), stdout=out, stderr=out
-        )
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _answers(url: str) -> bool:
-    """GET ``url`` answers 200 (a server not up yet answers nothing)."""
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _up(server: subprocess.Popen[bytes], url: str) -> bool:
-    """``url`` answers; fails at once if the server exited (a port taken since we picked it)."""
-    assert server.poll() is None, f"the server exited with {server.returncode}; see its log"
-    return _answers(url)
-
-
-@contextmanager
-def _worker(data_dir: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A ``retinanet worker`` process, stopped with SIGTERM on the way out."""
-    process = _start(["worker"], data_dir, log)
-    try:
-        yield process
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("svc_shapes")
-    paths = make_shapes_splits(
-        root, ShapesSpec(num_images=1, size_px=96, seed=3), splits=[("train", 48), ("val", 16)]
-    )
-    return {**paths, "images": root / "images"}
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """The API alone (no embedded worker): tests start and kill workers themselves."""
-    data_dir, port = tmp_path / "data", _free_port()
-    server = _start(
-        ["serve", "--port", str(port), "--workers", "0"], data_dir, tmp_path / "api.log"
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(lambda: _up(server, f"{url}/health/live"), DEADLINE_S, "the API")
-        yield url, data_dir
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+from .e2e_support import API_KEY, DEADLINE_S, SIZES, api_fixture, shapes_fixture  # noqa: F401
+from .e2e_support import free_port as _free_port
+from .e2e_support import start as _start
+from .e2e_support import up as _up
+from .e2e_support import wait_for as _wait
+from .e2e_support import worker as _worker
 
 
 @pytest.mark.slow

@@ -11,10 +11,11 @@ from fastapi import Depends, FastAPI
 from detector import Predictor
 from service.api import datasets, health, jobs, models, workers
 from service.api.deps import require_api_key
+from service.api.limits import BodyLimits
 from service.errors import install_error_handlers
 from service.inference import BatchingRunner, ModelCache
 from service.settings import Settings
-from service.store.db import make_engine, migrate, session_factory
+from service.store.db import Sessions, make_engine, migrate
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -25,9 +26,7 @@ def create_app(settings: Settings) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrate(settings.db_url)
         engine = make_engine(settings.db_url)
-        app.state.sessions = session_factory(engine)
-        # Streams and health checks only read: on SQLite they must not hold the write lock.
-        app.state.read_sessions = session_factory(engine, read_only=True)
+        app.state.db = Sessions.of(engine)
         app.state.models = model_cache(settings)
         try:
             yield
@@ -38,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="RetinaNet training service", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(BodyLimits, settings=settings)
     app.include_router(health.router)
     protected = [Depends(require_api_key)]
     app.include_router(datasets.router, dependencies=protected)

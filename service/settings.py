@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     """Accept requests without a key. Only for local use on a trusted machine."""
     max_upload_mb: Annotated[int, Field(gt=0)] = 2048
     max_upload_files: Annotated[int, Field(gt=0)] = 200_000
+    max_json_kb: Annotated[int, Field(gt=0)] = 1024
+    """The largest body of any route other than the uploads (dataset zips, predict images)."""
+    min_free_disk_mb: Annotated[int, Field(ge=0)] = 1024
+    """Uploads that would leave less free space than this under the data directory: 507."""
     dataset_root: Path | None = None
     """Server-side folders under this root may be registered as datasets (None: none)."""
     recipes_dir: Path = _PACKAGED_RECIPES

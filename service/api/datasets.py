@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from detector import validate_coco
-from service.api.deps import SessionDep, SettingsDep, StorageDep
-from service.errors import ApiError
-from service.ingest import Located, resolve_under, unpack_zip
+from service.api.deps import ReadSessionDep, SessionDep, SessionsDep, SettingsDep, StorageDep
+from service.api.limits import check_disk_space, unpacked_size
+from service.errors import ApiError, validation_details
+from service.ingest import Located, resolve_under, unpack_zip, upload_label
 from service.schemas import DatasetPublic, DatasetRegister, DatasetsPublic, ErrorBody
+from service.settings import Settings
+from service.storage import Storage
 from service.store import repo
+from service.store.db import Sessions
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -54,51 +58,70 @@ _UPLOAD_DOC = {
         413: {"model": ErrorBody},
         415: {"model": ErrorBody},
         422: {"model": ErrorBody},
+        507: {"model": ErrorBody},
     },
     openapi_extra=_UPLOAD_DOC,
 )
 async def create_dataset(
-    request: Request, session: SessionDep, settings: SettingsDep, storage: StorageDep
+    request: Request, sessions: SessionsDep, settings: SettingsDep, storage: StorageDep
 ) -> DatasetPublic:
     """A zip upload (multipart field ``file``) or a JSON body registering a server folder.
 
     The dataset is validated: errors -> 422 with the report and nothing kept; otherwise 201
-    with the report (its warnings say what was dropped or clipped).
+    with the report (its warnings say what was dropped or clipped). The body is counted as it
+    arrives and cut at ``RETINANET_MAX_UPLOAD_MB`` (413; see ``service.limits``); unpacking,
+    validation and the database run in the thread pool, never on the event loop.
     """
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        return await _upload(request, session, settings, storage)
+        check_disk_space(storage.root, _declared_length(request), settings)
+        form = await request.form(max_files=1, max_fields=4)
+        upload, name = form.get("file"), form.get("name")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "invalid_request", "multipart field 'file' (a zip) is required")
+        label = upload_label(name, upload.filename)
+        return await run_in_threadpool(_ingest_upload, upload, label, sessions, settings, storage)
     if content_type.startswith("application/json"):
         try:
             body = DatasetRegister.model_validate_json(await request.body())
         except ValidationError as exc:
-            details = [{"loc": list(e["loc"]), "message": e["msg"]} for e in exc.errors()]
-            raise ApiError(422, "invalid_request", "the request is malformed", details) from None
-        annotations = resolve_under(settings.dataset_root, body.annotations)
-        images = resolve_under(settings.dataset_root, body.images)
-        return _register(
-            session, name=body.name, source="folder", located=Located(annotations, images)
-        )
+            raise ApiError(
+                422, "invalid_request", "the request is malformed", validation_details(exc)
+            ) from None
+        return await run_in_threadpool(_register_folder, body, sessions, settings)
     raise ApiError(
         415, "unsupported_media_type", "send multipart/form-data (zip upload) or application/json"
     )
 
 
-async def _upload(
-    request: Request, session: SessionDep, settings: SettingsDep, storage: StorageDep
+def _declared_length(request: Request) -> int | None:
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else None
+
+
+def _register_folder(
+    body: DatasetRegister, sessions: Sessions, settings: Settings
 ) -> DatasetPublic:
+    annotations = resolve_under(settings.dataset_root, body.annotations)
+    images = resolve_under(settings.dataset_root, body.images)
+    return _register(
+        sessions, name=body.name, source="folder", located=Located(annotations, images)
+    )
+
+
+def _ingest_upload(
+    upload: UploadFile, label: str, sessions: Sessions, settings: Settings, storage: Storage
+) -> DatasetPublic:
+    """Unpack the received zip into a staging folder, validate it, move it in place and add its
+    row; anything refused leaves nothing behind."""
     max_bytes = settings.max_upload_mb * 1024 * 1024
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise ApiError(413, "too_large", f"the upload is {declared} bytes (limit {max_bytes})")
-    form = await request.form(max_files=1, max_fields=4)
-    upload, name = form.get("file"), form.get("name")
-    if not isinstance(upload, UploadFile):
-        raise ApiError(422, "invalid_request", "multipart field 'file' (a zip) is required")
     staging = storage.staging_dir()
     try:
         archive = staging / "upload.zip"
-        _copy_capped(upload, archive, max_bytes=max_bytes)
+        with archive.open("wb") as out:
+            shutil.copyfileobj(upload.file, out, 1 << 20)
+        upload.file.close()  # the spooled copy is no longer needed
+        check_disk_space(storage.root, min(unpacked_size(archive), max_bytes), settings)
         unpacked = staging / "dataset"
         located = unpack_zip(
             archive, unpacked, max_bytes=max_bytes, max_files=settings.max_upload_files
@@ -112,26 +135,15 @@ async def _upload(
             folder / located.annotations.relative_to(unpacked),
             folder / located.images.relative_to(unpacked),
         )
-        label = name if isinstance(name, str) and name else (upload.filename or "upload")
         try:
             return _register(
-                session, name=label, source="upload", located=located, dataset_id=dataset_id
+                sessions, name=label, source="upload", located=located, dataset_id=dataset_id
             )
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)  # a refused dataset leaves nothing behind
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _copy_capped(upload: UploadFile, target: Path, *, max_bytes: int) -> None:
-    written = 0
-    with target.open("wb") as out:
-        while chunk := upload.file.read(1 << 20):
-            written += len(chunk)
-            if written > max_bytes:
-                raise ApiError(413, "too_large", f"the upload exceeds {max_bytes} bytes")
-            out.write(chunk)
 
 
 def _validated(located: Located) -> dict[str, object]:
@@ -154,25 +166,30 @@ def _validated(located: Located) -> dict[str, object]:
 
 
 def _register(
-    session: SessionDep, *, name: str, source: str, located: Located, dataset_id: str | None = None
+    sessions: Sessions,
+    *,
+    name: str,
+    source: str,
+    located: Located,
+    dataset_id: str | None = None,
 ) -> DatasetPublic:
-    facts = _validated(located)
-    row = repo.create_dataset(
-        session,
-        dataset_id=dataset_id,
-        name=name,
-        source=source,
-        annotations_path=str(located.annotations),
-        images_path=str(located.images),
-        **facts,  # type: ignore[arg-type]
-    )
-    session.commit()
+    facts = _validated(located)  # seconds on a big dataset: before the write transaction
+    with sessions.write.begin() as session:
+        row = repo.create_dataset(
+            session,
+            dataset_id=dataset_id,
+            name=name,
+            source=source,
+            annotations_path=str(located.annotations),
+            images_path=str(located.images),
+            **facts,  # type: ignore[arg-type]
+        )
     return DatasetPublic.model_validate(row)
 
 
 @router.get("", response_model=DatasetsPublic, responses=_ERRORS)
 def list_datasets(
-    session: SessionDep,
+    session: ReadSessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DatasetsPublic:
@@ -181,7 +198,7 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=_ERRORS)
-def get_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
+def get_dataset(dataset_id: str, session: ReadSessionDep) -> DatasetPublic:
     return DatasetPublic.model_validate(repo.get_dataset(session, dataset_id))
 
 

@@ -9,11 +9,12 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from service.inference import ModelCache
 from service.settings import Settings, hash_key
 from service.storage import Storage
+from service.store.db import Sessions
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -31,20 +32,30 @@ def get_storage(settings: SettingsDep) -> Storage:
 StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    factory: sessionmaker[Session] = request.app.state.sessions
-    with factory() as session:
+def get_sessions(request: Request) -> Sessions:
+    """Both session factories. ``async`` routes take these, not a session: they must not touch
+    the database on the event loop, so they open sessions in what they run in the thread pool."""
+    sessions: Sessions = request.app.state.db
+    return sessions
+
+
+SessionsDep = Annotated[Sessions, Depends(get_sessions)]
+
+
+def get_session(sessions: SessionsDep) -> Iterator[Session]:
+    with sessions.write() as session:
         yield session
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+"""A write session, for routes that change rows. On SQLite its first statement takes the write
+lock (``BEGIN IMMEDIATE``), so such routes read what they must, write, and commit at once."""
 
 
-def get_read_session(request: Request) -> Iterator[Session]:
-    """A session that never writes: on SQLite it takes no write lock, so a slow request
-    (inference, an export, a download) never holds up the workers' writes."""
-    factory: sessionmaker[Session] = request.app.state.read_sessions
-    with factory() as session:
+def get_read_session(sessions: SessionsDep) -> Iterator[Session]:
+    """A session that never writes: on SQLite it takes no write lock, so listings, health checks
+    and slow requests (inference, exports, downloads) never wait for or hold up the writers."""
+    with sessions.read() as session:
         yield session
 
 

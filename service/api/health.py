@@ -8,19 +8,21 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import ReadSessionDep, SettingsDep
 from service.store import repo
 
 router = APIRouter(prefix="/health", tags=["health"])
 
 
 @router.get("/live")
-def live() -> dict[str, str]:
+async def live() -> dict[str, str]:
+    """Answered on the event loop itself (no thread, no database): it says the process serves
+    requests, so it must not queue behind a busy thread pool."""
     return {"status": "ok"}
 
 
 @router.get("/ready")
-def ready(session: SessionDep, settings: SettingsDep) -> JSONResponse:
+def ready(session: ReadSessionDep, settings: SettingsDep) -> JSONResponse:
     """200 when the database answers and some worker was seen recently; else 503 with why."""
     try:
         session.execute(text("SELECT 1"))

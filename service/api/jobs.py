@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse
 
 from detector import load_recipe
-from service.api.deps import SessionDep, SettingsDep, StorageDep
+from service.api.deps import ReadSessionDep, SessionDep, SessionsDep, SettingsDep, StorageDep
 from service.api.workers import alive_since
 from service.errors import ApiError
 from service.schemas import (
@@ -114,10 +115,11 @@ def create_job(
         request_hash=hashlib.sha256(body.model_dump_json().encode()).hexdigest(),
         now=now(),
     )
-    session.commit()
+    public = to_public(job, live_capacity(session, settings))
+    session.commit()  # before the response is sent: the write lock is not held any longer
     if not created:
         response.status_code = status.HTTP_200_OK
-    return to_public(job, live_capacity(session, settings))
+    return public
 
 
 def _check_datasets(session: Session, body: JobCreate, alpha: object) -> None:
@@ -144,7 +146,7 @@ def _check_datasets(session: Session, body: JobCreate, alpha: object) -> None:
 
 @router.get("", response_model=JobsPublic, responses=_ERRORS)
 def list_jobs(
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -156,7 +158,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
-def get_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobPublic:
+def get_job(job_id: str, session: ReadSessionDep, settings: SettingsDep) -> JobPublic:
     return to_public(repo.get_job(session, job_id), live_capacity(session, settings))
 
 
@@ -166,12 +168,13 @@ def get_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobPubli
 def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobPublic:
     """Queued jobs stop at once; running ones checkpoint and stop; finished ones: 409."""
     job = repo.request_cancel(session, job_id, now=now())
+    public = to_public(job, live_capacity(session, settings))
     session.commit()
-    return to_public(job, live_capacity(session, settings))
+    return public
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=_ERRORS)
-def get_metrics(job_id: str, session: SessionDep) -> MetricsPublic:
+def get_metrics(job_id: str, session: ReadSessionDep) -> MetricsPublic:
     """All 12 COCO numbers and per-class AP/AP50/AR100: the latest, per epoch, and on test."""
     job = repo.get_job(session, job_id)
     # A resumed attempt may repeat an epoch its predecessor recorded: the later record wins.
@@ -194,15 +197,24 @@ def _epoch_fields(payload: dict[str, Any]) -> dict[str, Any]:
 @router.get("/{job_id}/events", responses=_ERRORS, response_class=EventSourceResponse)
 async def stream_events(
     job_id: str,
-    request: Request,
+    sessions: SessionsDep,
     last_event_id: Annotated[int, Header(alias="Last-Event-ID")] = 0,
 ) -> EventSourceResponse:
     """Server-sent events: the stored ones after ``Last-Event-ID``, then live, until the end."""
-    # No request-scoped session: it would stay open (and on SQLite, locked) for the stream.
-    sessions: sessionmaker[Session] = request.app.state.read_sessions
+    # No request-scoped session: it would stay open for the whole stream. Each poll opens a
+    # short read session in the thread pool instead, never on the event loop.
+    await run_in_threadpool(_poll, sessions.read, job_id, 0, 0)  # 404 before the stream starts
+    return EventSourceResponse(_events(sessions.read, job_id, after=last_event_id))
+
+
+def _poll(
+    sessions: sessionmaker[Session], job_id: str, after: int, limit: int
+) -> tuple[list[tuple[int, str, str]], bool]:
+    """Up to ``limit`` events after ``after`` as (id, kind, JSON), and whether the job ended."""
     with sessions() as session:
-        repo.get_job(session, job_id)  # 404 before the stream starts
-    return EventSourceResponse(_events(sessions, job_id, after=last_event_id))
+        finished = repo.get_job(session, job_id).status in FINISHED
+        batch = repo.events_after(session, job_id, after_id=after, limit=limit)
+        return [(e.id, e.kind, json.dumps(e.payload)) for e in batch], finished
 
 
 async def _events(
@@ -210,12 +222,12 @@ async def _events(
 ) -> AsyncIterator[dict[str, Any]]:
     last = after
     while True:
-        with sessions() as session:
-            batch = repo.events_after(session, job_id, after_id=last, limit=500)
-            finished = repo.get_job(session, job_id).status in FINISHED
-        for event in batch:
-            last = event.id
-            yield {"id": str(event.id), "event": event.kind, "data": json.dumps(event.payload)}
+        # The status is read before the events: a job that ended has all its events stored,
+        # so "finished and nothing new" cannot miss the last ones.
+        batch, finished = await run_in_threadpool(_poll, sessions, job_id, last, 500)
+        for event_id, kind, data in batch:
+            last = event_id
+            yield {"id": str(event_id), "event": kind, "data": data}
         if finished and not batch:
             return
         if not batch:
@@ -225,7 +237,7 @@ async def _events(
 @router.get("/{job_id}/logs", response_class=PlainTextResponse, responses=_ERRORS)
 def get_logs(
     job_id: str,
-    session: SessionDep,
+    session: ReadSessionDep,
     storage: StorageDep,
     tail: Annotated[int, Query(ge=1, le=100_000)] = 1000,
 ) -> str:

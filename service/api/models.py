@@ -26,7 +26,14 @@ from detector import (
     sha256_file,
 )
 from detector.draw import render_png
-from service.api.deps import ModelCacheDep, ReadSessionDep, SessionDep, SettingsDep, StorageDep
+from service.api.deps import (
+    ModelCacheDep,
+    ReadSessionDep,
+    SessionDep,
+    SessionsDep,
+    SettingsDep,
+    StorageDep,
+)
 from service.errors import ApiError
 from service.images import decode_upload
 from service.inference import Overloaded
@@ -43,6 +50,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 from service.store import repo
+from service.store.db import Sessions
 from service.store.tables import Model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -154,7 +162,7 @@ def download_weights(model_id: str, session: ReadSessionDep) -> FileResponse:
 async def predict(
     model_id: str,
     request: Request,
-    session: ReadSessionDep,
+    sessions: SessionsDep,
     settings: SettingsDep,
     cache: ModelCacheDep,
 ) -> Response | PredictPublic:
@@ -162,8 +170,7 @@ async def predict(
 
     ``format=png`` (one image) returns the image with the boxes drawn instead.
     """
-    row = repo.get_model(session, model_id)
-    session.close()  # nothing more to read; do not keep a transaction open during inference
+    row = await run_in_threadpool(_model_row, sessions, model_id)
     files, fields = await _read_form(request, settings)
     options = _options(fields)
     as_png = fields.get("format", "json") == "png"
@@ -246,13 +253,11 @@ def _options(fields: dict[str, str]) -> PredictOptions:
     responses={**_ERRORS, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 async def export(
-    model_id: str, body: ExportRequest, session: ReadSessionDep, storage: StorageDep
+    model_id: str, body: ExportRequest, sessions: SessionsDep, storage: StorageDep
 ) -> ExportPublic:
     """Export to ONNX and check it against PyTorch on images of the model's datasets; an
     export that disagrees is refused (422, with the comparison) and not kept."""
-    row = repo.get_model(session, model_id)
-    samples = _sample_images(session, row)
-    session.close()
+    row, samples = await run_in_threadpool(_export_inputs, sessions, model_id)
     out = storage.export_file(model_id, body.format)
     try:
         result = await run_in_threadpool(
@@ -293,6 +298,18 @@ def download_export(model_id: str, session: ReadSessionDep, storage: StorageDep)
     return FileResponse(
         path, media_type="application/octet-stream", filename=f"model-{model_id}.onnx"
     )
+
+
+def _model_row(sessions: Sessions, model_id: str) -> Model:
+    with sessions.read() as session:
+        return repo.get_model(session, model_id)
+
+
+def _export_inputs(sessions: Sessions, model_id: str) -> tuple[Model, list[Path]]:
+    """The model row and a few images for the parity check (database and files: a thread)."""
+    with sessions.read() as session:
+        row = repo.get_model(session, model_id)
+        return row, _sample_images(session, row)
 
 
 def _sample_images(session: Session, row: Model, limit: int = 4) -> list[Path]:

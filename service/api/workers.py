@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import ReadSessionDep, SettingsDep
 from service.schemas import ErrorBody, WorkerPublic, WorkersPublic
 from service.settings import Settings
 from service.store import repo
@@ -24,7 +24,7 @@ def alive_since(settings: Settings) -> datetime:
 
 @router.get("", response_model=WorkersPublic, responses=_ERRORS)
 def list_workers(
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     stale: Annotated[bool, Query(description="also list workers not seen lately")] = False,
 ) -> WorkersPublic:

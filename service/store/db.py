@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -110,6 +111,19 @@ def session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[
     """
     options = READ_TRANSACTION if read_only else WRITE_TRANSACTION
     return sessionmaker(bind=engine.execution_options(**options), expire_on_commit=False)
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """The two session factories of one engine: ``write`` (the default, ``BEGIN IMMEDIATE`` on
+    SQLite) and ``read`` (never takes the write lock)."""
+
+    write: sessionmaker[Session]
+    read: sessionmaker[Session]
+
+    @classmethod
+    def of(cls, engine: Engine) -> Sessions:
+        return cls(write=session_factory(engine), read=session_factory(engine, read_only=True))
 
 
 def alembic_config() -> Config:

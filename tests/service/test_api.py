@@ -249,7 +249,7 @@ def test_workers_lists_the_live_ones_with_their_devices_and_jobs(
     alone = client.post("/v1/jobs", headers=AUTH, json=body).json()
     assert alone["waiting_for"].startswith("no live worker")
     now = datetime.now(UTC)
-    sessions = client.app.state.sessions  # type: ignore[attr-defined]
+    sessions = client.app.state.db.write  # type: ignore[attr-defined]
     with sessions.begin() as session:
         repo.worker_seen(session, worker_id="gpu-box", host="a", pid=7, devices=4, now=now)
         repo.worker_seen(

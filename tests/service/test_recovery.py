@@ -39,9 +39,11 @@ from .e2e_support import (  # noqa: F401  (fixtures)
     wait_for,
 )
 
-# 8 epochs of 6 iterations, a checkpoint every 2: progress between any two kills.
+# 8 epochs of 6 iterations, a checkpoint every 2: progress between any two kills. A frozen
+# backbone halves the step and the checkpoint (no optimiser state for it) on 2 cores.
 RECIPE: dict[str, Any] = {
     **SIZES,
+    "model": {"trainable_backbone_layers": 0},
     "solver": {"epochs": 8, "steps": [6]},
     "checkpoint_period_iters": 2,
     "eval": {"period_epochs": 4},

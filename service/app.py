@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from anyio import to_thread
 from fastapi import Depends, FastAPI
 
 from detector import Predictor
@@ -28,6 +29,11 @@ def create_app(settings: Settings) -> FastAPI:
         engine = make_engine(settings.db_url)
         app.state.db = Sessions.of(engine)
         app.state.models = model_cache(settings)
+        # Sync routes and off-loop work share one thread pool in this process, and so one GIL
+        # with the event loop: forty busy threads (AnyIO's default) starve the loop for
+        # seconds on two cores. A few threads keep every request moving and the loop
+        # answering; the rest wait their turn without holding anything.
+        to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         try:
             yield
         finally:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from detector import cli as detector_cli
 from service.settings import Settings, hash_key
 
+KEEP_ALIVE_S = 30
+
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
@@ -50,7 +52,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # handler that would kill this process before it can stop the workers below.
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            # Longer than uvicorn's 5 s: a client that reuses its connection just as the
+            # server drops it gets a reset it cannot tell from a crash (seen under load).
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
     finally:
         supervisor.stop()  # SIGTERM: a running job checkpoints and is released
     return 0

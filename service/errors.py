@@ -10,10 +10,12 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from detector import DatasetError, RecipeError
 from service.store.repo import Conflict, NotFound
+from service.store.retry import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ def error_response(
     return ErrorJSONResponse(body, status_code=status_code, headers=headers)
 
 
+STORE_RETRY_AFTER_S = 2
 _HTTP_CODES = {
     400: "bad_request",  # an unparsable body or multipart form (FastAPI's, Starlette's)
     401: "unauthorized",
@@ -103,7 +106,26 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
         )
 
+    @app.exception_handler(sa_exc.DBAPIError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _store(_: Request, exc: Exception) -> JSONResponse:
+        # A database that stayed locked past the busy timeout, restarted, or a pool with no
+        # free connection: the same request succeeds later, so say so (503), never 500.
+        if not is_transient(exc):
+            return _unhandled(exc)
+        log.warning("store busy: %s", exc)
+        return error_response(
+            503,
+            "store_busy",
+            "the database is busy; retry shortly",
+            headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+        )
+
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return error_response(500, "internal", "internal error; see the server log")
+        return _unhandled(exc)
+
+
+def _unhandled(exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal", "internal error; see the server log")

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     """Uploads that would leave less free space than this under the data directory: 507."""
     dataset_root: Path | None = None
     """Server-side folders under this root may be registered as datasets (None: none)."""
+    api_threads: Annotated[int, Field(gt=0, le=256)] = 8
+    """Threads of the API process that run blocking work (sync routes, the database, uploads)
+    at once; more requests wait for one. Raise it on a big host with PostgreSQL."""
     recipes_dir: Path = _PACKAGED_RECIPES
     lease_s: Annotated[float, Field(gt=0)] = 60.0
     heartbeat_s: Annotated[float, Field(gt=0)] = 10.0

@@ -28,6 +28,12 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_S: Final = 30.0
+# Connections per engine. The API's thread pool runs up to 40 requests at once, each holding a
+# connection while it runs: a smaller pool makes requests time out waiting for one. SQLite
+# connections are cheap files handles; PostgreSQL ones are server processes (default limit 100,
+# shared by the API, the workers and their training children), so it gets fewer and waits.
+SQLITE_POOL: Final[dict[str, Any]] = {"pool_size": 16, "max_overflow": 48, "pool_timeout": 30}
+PG_POOL: Final[dict[str, Any]] = {"pool_size": 8, "max_overflow": 24, "pool_timeout": 30}
 # Execution option read by the SQLite "begin" listener: DEFERRED, IMMEDIATE or EXCLUSIVE.
 SQLITE_BEGIN: Final = "sqlite_begin"
 WRITE_TRANSACTION: Final[dict[str, Any]] = {SQLITE_BEGIN: "IMMEDIATE"}
@@ -46,12 +52,12 @@ def make_engine(url: str | URL) -> Engine:
         # A bare postgresql:// would pick psycopg2, which the project does not install.
         sa_url = sa_url.set(drivername="postgresql+psycopg")
     # pre_ping: a worker idles between jobs and the server may have dropped its connections.
-    return create_engine(sa_url, pool_pre_ping=True)
+    return create_engine(sa_url, pool_pre_ping=True, **PG_POOL)
 
 
 def _sqlite_engine(url: URL) -> Engine:
     """A SQLite engine with WAL, a busy timeout, foreign keys and explicit BEGIN modes."""
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S}, **SQLITE_POOL)
     event.listen(engine, "connect", _on_sqlite_connect)
     event.listen(engine, "begin", _on_sqlite_begin)
     return engine

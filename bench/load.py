@@ -165,7 +165,7 @@ async def prepare(client: httpx.AsyncClient, archive: bytes, want_model: bool) -
     dataset_id = response.json()["id"]
     ids = {"dataset": dataset_id}
     if want_model:
-        overrides = {**SIZES, "solver": {"epochs": 1}}
+        overrides = {**SIZES, "solver": {"epochs": 1, "steps": []}}
         job = await post_job(client, dataset_id, overrides)
 
         async def finished() -> bool:

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from detector import validate_coco
-from service.api.deps import ReadSessionDep, SessionDep, SessionsDep, SettingsDep, StorageDep
+from service.api.deps import (
+    DatasetIdPath,
+    PageLimit,
+    PageOffset,
+    ReadSessionDep,
+    SessionDep,
+    SessionsDep,
+    SettingsDep,
+    StorageDep,
+)
 from service.api.limits import check_disk_space, unpacked_size
 from service.errors import ApiError, validation_details
 from service.ingest import Located, resolve_under, unpack_zip, upload_label
@@ -104,9 +113,8 @@ def _register_folder(
 ) -> DatasetPublic:
     annotations = resolve_under(settings.dataset_root, body.annotations)
     images = resolve_under(settings.dataset_root, body.images)
-    return _register(
-        sessions, name=body.name, source="folder", located=Located(annotations, images)
-    )
+    located = Located(annotations, images)
+    return _register(sessions, settings, name=body.name, source="folder", located=located)
 
 
 def _ingest_upload(
@@ -137,7 +145,12 @@ def _ingest_upload(
         )
         try:
             return _register(
-                sessions, name=label, source="upload", located=located, dataset_id=dataset_id
+                sessions,
+                settings,
+                name=label,
+                source="upload",
+                located=located,
+                dataset_id=dataset_id,
             )
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)  # a refused dataset leaves nothing behind
@@ -146,8 +159,11 @@ def _ingest_upload(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _validated(located: Located) -> dict[str, object]:
-    coco = validate_coco(located.annotations, located.images)
+def _validated(located: Located, settings: Settings) -> dict[str, object]:
+    # Images larger than predict takes would train but never be predicted on: refused here.
+    coco = validate_coco(
+        located.annotations, located.images, max_pixels=settings.predict_max_pixels
+    )
     report = coco.report
     if not report.ok:
         raise ApiError(
@@ -167,13 +183,14 @@ def _validated(located: Located) -> dict[str, object]:
 
 def _register(
     sessions: Sessions,
+    settings: Settings,
     *,
     name: str,
     source: str,
     located: Located,
     dataset_id: str | None = None,
 ) -> DatasetPublic:
-    facts = _validated(located)  # seconds on a big dataset: before the write transaction
+    facts = _validated(located, settings)  # seconds on a big dataset: before the write transaction
     with sessions.write.begin() as session:
         row = repo.create_dataset(
             session,
@@ -190,20 +207,20 @@ def _register(
 @router.get("", response_model=DatasetsPublic, responses=_ERRORS)
 def list_datasets(
     session: ReadSessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> DatasetsPublic:
     rows, count = repo.list_datasets(session, limit=limit, offset=offset)
     return DatasetsPublic(data=[DatasetPublic.model_validate(r) for r in rows], count=count)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=_ERRORS)
-def get_dataset(dataset_id: str, session: ReadSessionDep) -> DatasetPublic:
+def get_dataset(dataset_id: DatasetIdPath, session: ReadSessionDep) -> DatasetPublic:
     return DatasetPublic.model_validate(repo.get_dataset(session, dataset_id))
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
-def delete_dataset(dataset_id: str, session: SessionDep, storage: StorageDep) -> None:
+def delete_dataset(dataset_id: DatasetIdPath, session: SessionDep, storage: StorageDep) -> None:
     """Refused (409) while a queued or running job uses it; an upload's files go too."""
     row = repo.delete_dataset(session, dataset_id)
     session.commit()

@@ -7,11 +7,12 @@ import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi import Depends, HTTPException, Path, Query, Request, Security, status
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
 from service.inference import ModelCache
+from service.schemas import DB_INT_MAX, ID_PATTERN
 from service.settings import Settings, hash_key
 from service.storage import Storage
 from service.store.db import Sessions
@@ -87,3 +88,12 @@ def require_api_key(
         detail="a valid X-API-Key header is required",
         headers={"WWW-Authenticate": "ApiKey"},
     )
+
+
+# Path and query parameters that several routers share. Ids are checked at the door: a value
+# no id can have (a NUL, a path) is a 422 instead of reaching the database driver.
+DatasetIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="a dataset id")]
+JobIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="a job id")]
+ModelIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="a model id")]
+PageLimit = Annotated[int, Query(ge=1, le=500, description="rows per page")]
+PageOffset = Annotated[int, Query(ge=0, le=DB_INT_MAX, description="rows to skip")]

@@ -16,10 +16,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse
 
 from detector import load_recipe
-from service.api.deps import ReadSessionDep, SessionDep, SessionsDep, SettingsDep, StorageDep
+from service.api.deps import (
+    JobIdPath,
+    PageLimit,
+    PageOffset,
+    ReadSessionDep,
+    SessionDep,
+    SessionsDep,
+    SettingsDep,
+    StorageDep,
+)
 from service.api.workers import alive_since
 from service.errors import ApiError
 from service.schemas import (
+    DB_INT_MAX,
     EpochMetrics,
     ErrorBody,
     JobCreate,
@@ -149,8 +159,8 @@ def list_jobs(
     session: ReadSessionDep,
     settings: SettingsDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> JobsPublic:
     rows, count = repo.list_jobs(session, status=status_filter, limit=limit, offset=offset)
     capacity = live_capacity(session, settings)
@@ -158,14 +168,14 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
-def get_job(job_id: str, session: ReadSessionDep, settings: SettingsDep) -> JobPublic:
+def get_job(job_id: JobIdPath, session: ReadSessionDep, settings: SettingsDep) -> JobPublic:
     return to_public(repo.get_job(session, job_id), live_capacity(session, settings))
 
 
 @router.post(
     "/{job_id}/cancel", response_model=JobPublic, responses={**_ERRORS, 409: {"model": ErrorBody}}
 )
-def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobPublic:
+def cancel_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep) -> JobPublic:
     """Queued jobs stop at once; running ones checkpoint and stop; finished ones: 409."""
     job = repo.request_cancel(session, job_id, now=now())
     public = to_public(job, live_capacity(session, settings))
@@ -174,7 +184,7 @@ def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobPu
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=_ERRORS)
-def get_metrics(job_id: str, session: ReadSessionDep) -> MetricsPublic:
+def get_metrics(job_id: JobIdPath, session: ReadSessionDep) -> MetricsPublic:
     """All 12 COCO numbers and per-class AP/AP50/AR100: the latest, per epoch, and on test."""
     job = repo.get_job(session, job_id)
     # A resumed attempt may repeat an epoch its predecessor recorded: the later record wins.
@@ -196,9 +206,9 @@ def _epoch_fields(payload: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/{job_id}/events", responses=_ERRORS, response_class=EventSourceResponse)
 async def stream_events(
-    job_id: str,
+    job_id: JobIdPath,
     sessions: SessionsDep,
-    last_event_id: Annotated[int, Header(alias="Last-Event-ID")] = 0,
+    last_event_id: Annotated[int, Header(alias="Last-Event-ID", ge=0, le=DB_INT_MAX)] = 0,
 ) -> EventSourceResponse:
     """Server-sent events: the stored ones after ``Last-Event-ID``, then live, until the end."""
     # No request-scoped session: it would stay open for the whole stream. Each poll opens a
@@ -236,7 +246,7 @@ async def _events(
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse, responses=_ERRORS)
 def get_logs(
-    job_id: str,
+    job_id: JobIdPath,
     session: ReadSessionDep,
     storage: StorageDep,
     tail: Annotated[int, Query(ge=1, le=100_000)] = 1000,

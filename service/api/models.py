@@ -6,9 +6,9 @@ import asyncio
 import json
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
@@ -28,13 +28,16 @@ from detector import (
 from detector.draw import render_png
 from service.api.deps import (
     ModelCacheDep,
+    ModelIdPath,
+    PageLimit,
+    PageOffset,
     ReadSessionDep,
     SessionDep,
     SessionsDep,
     SettingsDep,
     StorageDep,
 )
-from service.errors import ApiError
+from service.errors import ApiError, validation_details
 from service.images import decode_upload
 from service.inference import Overloaded
 from service.schemas import (
@@ -106,21 +109,21 @@ def to_public(row: Model) -> ModelPublic:
 @router.get("", response_model=ModelsPublic, responses=_ERRORS)
 def list_models(
     session: ReadSessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> ModelsPublic:
     rows, count = repo.list_models(session, limit=limit, offset=offset)
     return ModelsPublic(data=[to_public(r) for r in rows], count=count)
 
 
 @router.get("/{model_id}", response_model=ModelPublic, responses=_ERRORS)
-def get_model(model_id: str, session: ReadSessionDep) -> ModelPublic:
+def get_model(model_id: ModelIdPath, session: ReadSessionDep) -> ModelPublic:
     return to_public(repo.get_model(session, model_id))
 
 
 @router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
 def delete_model(
-    model_id: str, session: SessionDep, storage: StorageDep, cache: ModelCacheDep
+    model_id: ModelIdPath, session: SessionDep, storage: StorageDep, cache: ModelCacheDep
 ) -> None:
     """The row, the weights file and any export; the job's history stays."""
     row = repo.delete_model(session, model_id)
@@ -135,7 +138,7 @@ def delete_model(
     response_class=FileResponse,
     responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
 )
-def download_weights(model_id: str, session: ReadSessionDep) -> FileResponse:
+def download_weights(model_id: ModelIdPath, session: ReadSessionDep) -> FileResponse:
     """The model file: safetensors (weights + the card in its metadata), never a pickle."""
     row = repo.get_model(session, model_id)
     return FileResponse(
@@ -160,7 +163,7 @@ def download_weights(model_id: str, session: ReadSessionDep) -> FileResponse:
     openapi_extra=_PREDICT_DOC,
 )
 async def predict(
-    model_id: str,
+    model_id: ModelIdPath,
     request: Request,
     sessions: SessionsDep,
     settings: SettingsDep,
@@ -243,7 +246,7 @@ def _options(fields: dict[str, str]) -> PredictOptions:
     try:
         return PredictOptions.model_validate(raw)
     except ValidationError as exc:
-        details = [{"loc": list(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        details = validation_details(exc)
         raise ApiError(422, "invalid_request", "invalid prediction options", details) from None
 
 
@@ -253,7 +256,7 @@ def _options(fields: dict[str, str]) -> PredictOptions:
     responses={**_ERRORS, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 async def export(
-    model_id: str, body: ExportRequest, sessions: SessionsDep, storage: StorageDep
+    model_id: ModelIdPath, body: ExportRequest, sessions: SessionsDep, storage: StorageDep
 ) -> ExportPublic:
     """Export to ONNX and check it against PyTorch on images of the model's datasets; an
     export that disagrees is refused (422, with the comparison) and not kept."""
@@ -290,7 +293,9 @@ async def export(
     response_class=FileResponse,
     responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
 )
-def download_export(model_id: str, session: ReadSessionDep, storage: StorageDep) -> FileResponse:
+def download_export(
+    model_id: ModelIdPath, session: ReadSessionDep, storage: StorageDep
+) -> FileResponse:
     repo.get_model(session, model_id)
     path = storage.export_file(model_id, "onnx")
     if not path.is_file():

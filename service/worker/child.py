@@ -176,14 +176,7 @@ def run_child(settings: Settings, job_id: str, token: int) -> None:
     try:
         test, devices = _job_recipe(sessions, job_id, workdir)
     except Exception as exc:
-        events = DbEvents(
-            sessions=sessions,
-            job_id=job_id,
-            token=token,
-            lease_s=settings.lease_s,
-            last_checkpoint=workdir / "checkpoints" / "last.pt",
-        )
-        os._exit(_failed(exc, workdir, events))
+        os._exit(_failed(exc, workdir, _db_events(settings, sessions, job_id, token)))
     if devices > 1:
         from service.worker.ranks import KILLED, launch_ranks
 
@@ -206,13 +199,7 @@ def train_job(
     storage = Storage(settings.data_dir)
     workdir = storage.job_dir(job_id)
     sessions = session_factory(make_engine(settings.db_url))
-    events = DbEvents(
-        sessions=sessions,
-        job_id=job_id,
-        token=token,
-        lease_s=settings.lease_s,
-        last_checkpoint=workdir / "checkpoints" / "last.pt",
-    )
+    events = _db_events(settings, sessions, job_id, token)
     try:
         cfg = load_recipe(workdir / "recipe.yaml")
         with StopOnSignal() as stopper:
@@ -246,6 +233,17 @@ def train_job(
             traceback.print_exc()
             return EXIT_FAILED
         return _failed(exc, workdir, events)
+
+
+def _db_events(
+    settings: Settings, sessions: sessionmaker[Session], job_id: str, token: int
+) -> DbEvents:
+    """The events callback of this attempt."""
+    last = Storage(settings.data_dir).job_dir(job_id) / "checkpoints" / "last.pt"
+    return DbEvents(
+        sessions=sessions, job_id=job_id, token=token, lease_s=settings.lease_s,
+        last_checkpoint=last,
+    )  # fmt: skip
 
 
 def _failed(exc: Exception, workdir: Path, events: DbEvents) -> int:

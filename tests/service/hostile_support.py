@@ -113,9 +113,10 @@ def edit(section: str, **fields: Any) -> Callable[[dict[str, Any]], dict[str, An
     return change
 
 
-def big_image_upload() -> Build:
-    buffer = io.BytesIO()  # 1-bit and blank: a few kB on disk, 90 megapixels in its header
-    Image.new("1", (9000, 10_000)).save(buffer, "PNG")
+def big_image_upload(width: int, height: int) -> Build:
+    """The valid dataset with one image swapped for a blank one of ``width`` x ``height``."""
+    buffer = io.BytesIO()  # 1-bit and blank: a few kB on disk, megapixels in its header
+    Image.new("1", (width, height)).save(buffer, "PNG")
     big = buffer.getvalue()
     return upload(lambda env: make_zip([*env.entries[:2], (env.entries[2][0], big)]))
 

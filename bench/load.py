@@ -5,7 +5,7 @@ streams and predicts at once, bounded in count and time, against 127.0.0.1 only.
     .venv/bin/python bench/load.py --backends sqlite,postgres   # side by side
 
 PostgreSQL needs ``RETINANET_TEST_POSTGRES_URL`` (``eval "$(bash scripts/postgres.sh | tail -1)"``);
-each run gets a database of its own, dropped afterwards.
+each run gets a schema of its own, dropped afterwards.
 
 Per backend it prints, per route: requests, errors (5xx, timeouts, refused connections), p50 and
 p99 latency; then ``/health/live`` p99 against the goal (200 ms), whether the embedded worker
@@ -94,20 +94,22 @@ def dataset_zip(root: Path, images: int) -> bytes:
 
 @contextmanager
 def postgres_database(base_url: str) -> Iterator[str]:
-    """A fresh database on the server of ``base_url``, dropped afterwards."""
+    """A fresh schema on the database of ``base_url`` (its search path set in the URL),
+    dropped afterwards: the test role owns its database but may not create databases."""
     import psycopg
     from sqlalchemy import make_url
 
     url = make_url(base_url)
-    name = f"retinanet_load_{secrets.token_hex(4)}"
+    schema = f"retinanet_load_{secrets.token_hex(4)}"
     admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        yield url.set(database=name).render_as_string(hide_password=False)
+        scoped = url.update_query_dict({"options": f"-csearch_path={schema}"})
+        yield scoped.render_as_string(hide_password=False)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @contextmanager

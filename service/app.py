@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +17,10 @@ from service.api.limits import BodyLimits
 from service.errors import install_error_handlers
 from service.inference import BatchingRunner, ModelCache
 from service.settings import Settings
+from service.storage import Storage
 from service.store.db import Sessions, make_engine, migrate
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -25,6 +29,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        for path in Storage(settings.data_dir).remove_leftovers():
+            log.info("removed the leftover %s of an interrupted request", path)
         migrate(settings.db_url)
         engine = make_engine(settings.db_url)
         app.state.db = Sessions.of(engine)

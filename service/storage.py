@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+LEFTOVER_AGE_S = 3600.0
+"""Staging folders and temporary exports older than this are a crashed request's leftovers:
+no live request keeps one that long (a body is received in full before its staging folder is
+made), and an API on another host sharing the data directory keeps its own in-flight ones."""
 
 
 @dataclass(frozen=True)
@@ -38,3 +45,25 @@ class Storage:
         parent = self.root / "staging"
         parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(dir=parent))
+
+    def remove_leftovers(self, *, older_than_s: float = LEFTOVER_AGE_S) -> list[Path]:
+        """Delete what a killed request left behind: upload staging folders and half-written
+        ONNX exports (``.model.onnx.<id>.tmp``). Returns what was removed."""
+        cutoff = time.time() - older_than_s
+        candidates = [
+            *(self.root / "staging").glob("*"),
+            *(self.root / "models").glob("*/.*.tmp"),
+        ]
+        removed = []
+        for path in candidates:
+            try:
+                if path.lstat().st_mtime > cutoff:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:
+                continue  # another process cleaned it first
+            removed.append(path)
+        return removed

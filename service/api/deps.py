@@ -48,7 +48,10 @@ def get_session(sessions: SessionsDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session (its connection, its transaction) is closed when the route
+# function returns, not after the response is sent; a client slow to read its answer must
+# not hold a pooled connection (seen: PostgreSQL's pool exhausted under load).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 """A write session, for routes that change rows. On SQLite its first statement takes the write
 lock (``BEGIN IMMEDIATE``), so such routes read what they must, write, and commit at once."""
 
@@ -60,7 +63,7 @@ def get_read_session(sessions: SessionsDep) -> Iterator[Session]:
         yield session
 
 
-ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 
 
 def get_model_cache(request: Request) -> ModelCache:

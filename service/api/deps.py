@@ -15,7 +15,7 @@ from service.inference import ModelCache
 from service.schemas import DB_INT_MAX, ID_PATTERN
 from service.settings import Settings, hash_key
 from service.storage import Storage
-from service.store.db import Sessions
+from service.store.db import ROUTE_READ_SESSIONS, ROUTE_WRITE_SESSIONS, Sessions
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -48,10 +48,13 @@ def get_session(sessions: SessionsDep) -> Iterator[Session]:
         yield session
 
 
-# scope="function": the session (its connection, its transaction) is closed when the route
-# function returns, not after the response is sent; a client slow to read its answer must
-# not hold a pooled connection (seen: PostgreSQL's pool exhausted under load).
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+# scope="function": the session (its connection, its transaction) is closed once the route's
+# answer is built, not after a client slow to read it has it (seen: PostgreSQL's pool held by
+# idle transactions under load). max_concurrency: requests beyond wait, without a thread, for
+# one of these sessions (see ROUTE_READ_SESSIONS for why it must stay below the pool).
+SessionDep = Annotated[
+    Session, Depends(get_session, scope="function", max_concurrency=ROUTE_WRITE_SESSIONS)
+]
 """A write session, for routes that change rows. On SQLite its first statement takes the write
 lock (``BEGIN IMMEDIATE``), so such routes read what they must, write, and commit at once."""
 
@@ -63,7 +66,9 @@ def get_read_session(sessions: SessionsDep) -> Iterator[Session]:
         yield session
 
 
-ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
+ReadSessionDep = Annotated[
+    Session, Depends(get_read_session, scope="function", max_concurrency=ROUTE_READ_SESSIONS)
+]
 
 
 def get_model_cache(request: Request) -> ModelCache:

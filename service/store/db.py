@@ -34,6 +34,14 @@ BUSY_TIMEOUT_S: Final = 30.0
 # shared by the API, the workers and their training children), so it gets fewer and waits.
 SQLITE_POOL: Final[dict[str, Any]] = {"pool_size": 16, "max_overflow": 48, "pool_timeout": 30}
 PG_POOL: Final[dict[str, Any]] = {"pool_size": 8, "max_overflow": 24, "pool_timeout": 30}
+# The most sessions API routes hold at once through their dependencies (reads, writes). Such a
+# session is closed only after FastAPI has serialized the route's answer, which waits for a
+# thread; if these sessions could take the whole pool, the threads would all wait for a
+# connection and the answers for a thread: a deadlock (seen on PostgreSQL under load). Below
+# the smallest pool, a connection is always left for the code that holds one only while it
+# runs (event streams, uploads, predict), so every wait ends.
+ROUTE_READ_SESSIONS: Final = 16
+ROUTE_WRITE_SESSIONS: Final = 8
 # Execution option read by the SQLite "begin" listener: DEFERRED, IMMEDIATE or EXCLUSIVE.
 SQLITE_BEGIN: Final = "sqlite_begin"
 WRITE_TRANSACTION: Final[dict[str, Any]] = {SQLITE_BEGIN: "IMMEDIATE"}

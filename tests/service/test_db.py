@@ -10,7 +10,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 from sqlalchemy.exc import StatementError
 
-from service.store import repo
+from service.store import db, repo
 from service.store.db import alembic_config, make_engine, migrate, session_factory
 
 from .store_support import (
@@ -86,3 +86,11 @@ def test_datetimes_round_trip_as_aware_utc_and_naive_ones_are_refused(factory, d
 def _job(factory, job_id: str):
     with factory() as session:
         return repo.get_job(session, job_id)
+
+
+def test_route_sessions_leave_room_in_every_pool() -> None:
+    """Routes' dependency sessions wait for a thread while they hold a connection; if they
+    could take a whole pool, requests would deadlock (see db.ROUTE_READ_SESSIONS)."""
+    held = db.ROUTE_READ_SESSIONS + db.ROUTE_WRITE_SESSIONS
+    for pool in (db.SQLITE_POOL, db.PG_POOL):
+        assert held < pool["pool_size"] + pool["max_overflow"]

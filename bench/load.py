@@ -383,7 +383,7 @@ def report(results: dict[str, Outcome], args: argparse.Namespace) -> None:
         f"one job training; {os.cpu_count()} cores\n"
     )
     header = f"{'route':<32}" + "".join(
-        f"{b + ' n':>10}{'err':>6}{'p50 ms':>9}{'p99 ms':>9}" for b in backends
+        f"{b + ' n':>12}{'err':>6}{'p50 ms':>9}{'p99 ms':>9}" for b in backends
     )
     print(header)
     print("-" * len(header))
@@ -392,7 +392,7 @@ def report(results: dict[str, Outcome], args: argparse.Namespace) -> None:
         for b in backends:
             lat = results[b].stats.latencies.get(route, [])
             err = len(results[b].stats.errors.get(route, []))
-            line += f"{len(lat):>10}{err:>6}{percentile(lat, 50):>9.0f}{percentile(lat, 99):>9.0f}"
+            line += f"{len(lat):>12}{err:>6}{percentile(lat, 50):>9.0f}{percentile(lat, 99):>9.0f}"
         print(line)
     print()
     for b, res in results.items():

@@ -24,8 +24,8 @@ from torchvision.ops import batched_nms
 from detector.artifact import ModelCard, card_from_checkpoint, read_model_file
 from detector.data.coco import CocoDetection
 from detector.data.transforms import build_transforms
+from detector.device import resolve_device
 from detector.engine.checkpoint import load_checkpoint
-from detector.engine.trainer import resolve_device
 from detector.evaluate.coco import CocoMetrics
 from detector.evaluate.runner import evaluate
 from detector.model.build import build_model

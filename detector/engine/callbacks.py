@@ -86,7 +86,8 @@ def start_payload(trainer: Trainer) -> dict[str, Any]:
 
 
 class Trainer(Protocol):
-    """What callbacks may see of the training loop."""
+    """What callbacks may see of the training loop (:class:`detector.engine.trainer.Trainer`,
+    which this module cannot import: the loop imports its callbacks)."""
 
     state: TrainState
     anchor_fit: AnchorFit

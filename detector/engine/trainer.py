@@ -27,6 +27,7 @@ from detector.config import TrainConfig
 from detector.data.coco import CocoDetection, collate_detection
 from detector.data.sampler import EpochBatchSampler, SeededSamples
 from detector.data.transforms import build_transforms
+from detector.device import resolve_device
 from detector.engine.callbacks import (
     Callback,
     Checkpointer,
@@ -66,14 +67,6 @@ class FitResult:
     """This process's rank in a data-parallel run (only rank 0 reports and writes)."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("the recipe asks for device=cuda but no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def fit(
     cfg: TrainConfig,
     workdir: Path,
@@ -87,7 +80,7 @@ def fit(
     Under ``torchrun`` each process calls this; they train one model together (see
     :mod:`detector.engine.distributed`) and only rank 0 writes.
     """
-    loop = TrainingLoop(cfg, workdir, callbacks=callbacks)
+    loop = Trainer(cfg, workdir, callbacks=callbacks)
     try:
         if resume:
             loop.restore()
@@ -97,8 +90,9 @@ def fit(
             torch.distributed.destroy_process_group()
 
 
-class TrainingLoop:
-    """Holds the run's objects; ``run`` is the loop. Implements the callbacks' Trainer view."""
+class Trainer:
+    """Holds the run's objects; ``run`` is the loop. What callbacks see of it is the
+    :class:`detector.engine.callbacks.Trainer` protocol."""
 
     def __init__(self, cfg: TrainConfig, workdir: Path, *, callbacks: Sequence[Callback]) -> None:
         if cfg.data.train is None:

@@ -1,0 +1,1 @@
+"""Training: the loop (``trainer``), its callbacks, checkpoints, optimiser and processes."""

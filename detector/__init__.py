@@ -1,10 +1,13 @@
 """RetinaNet with a sigmoid focal-loss head: data, model, training and evaluation.
 
-No web code lives here. The service reaches the ML only through the names below.
+No web code lives here. The service reaches the ML only through the names below (a test
+walks ``service/`` and refuses any deeper import).
 """
 
 from detector.artifact import ModelCard, ModelFileError, read_card, save_model_file, sha256_file
-from detector.config import RecipeError, TrainConfig, load_recipe, recipe_from_dict
+from detector.commands import main as cli_main
+from detector.config import RecipeError, TrainConfig, check_nesting, load_recipe, recipe_from_dict
+from detector.data.images import is_clean_text, is_file_name
 from detector.data.validate import (
     CleanCoco,
     DatasetError,
@@ -12,12 +15,23 @@ from detector.data.validate import (
     load_coco,
     validate_coco,
 )
-from detector.engine.callbacks import Callback, EpochEvent, StepEvent
-from detector.engine.checkpoint import load_checkpoint, remove_stale_temporaries
-from detector.engine.distributed import local_devices
+from detector.draw import render_png
+from detector.engine.callbacks import (
+    Callback,
+    EpochEvent,
+    EventKind,
+    ProgressBar,
+    StepEvent,
+    StopOnSignal,
+    Trainer,
+    start_payload,
+)
+from detector.engine.checkpoint import last_checkpoint, load_checkpoint, remove_stale_temporaries
+from detector.engine.distributed import is_main_process, local_devices, rank_environment
 from detector.engine.trainer import FitResult, NonFiniteLossError, fit
 from detector.evaluate.coco import CocoMetrics
 from detector.export import ExportMismatchError, OnnxExport, ParityReport, export_onnx
+from detector.final import Final, finalize, test_metrics_file
 from detector.predict import DetectionOut, PredictOptions, Predictor, read_rgb
 
 __all__ = [
@@ -27,7 +41,9 @@ __all__ = [
     "DatasetError",
     "DetectionOut",
     "EpochEvent",
+    "EventKind",
     "ExportMismatchError",
+    "Final",
     "FitResult",
     "ModelCard",
     "ModelFileError",
@@ -36,21 +52,35 @@ __all__ = [
     "ParityReport",
     "PredictOptions",
     "Predictor",
+    "ProgressBar",
     "RecipeError",
     "StepEvent",
+    "StopOnSignal",
     "TrainConfig",
+    "Trainer",
     "ValidationReport",
+    "check_nesting",
+    "cli_main",
     "export_onnx",
+    "finalize",
     "fit",
+    "is_clean_text",
+    "is_file_name",
+    "is_main_process",
+    "last_checkpoint",
     "load_checkpoint",
     "load_coco",
     "load_recipe",
     "local_devices",
+    "rank_environment",
     "read_card",
     "read_rgb",
     "recipe_from_dict",
     "remove_stale_temporaries",
+    "render_png",
     "save_model_file",
     "sha256_file",
+    "start_payload",
+    "test_metrics_file",
     "validate_coco",
 ]

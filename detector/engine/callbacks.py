@@ -16,17 +16,27 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from tqdm import tqdm
 
-from detector.engine.checkpoint import BEST, LAST, save_atomic
-
 if TYPE_CHECKING:
     from detector.evaluate.coco import CocoMetrics
     from detector.model.anchor_fit import AnchorFit
+
+
+class EventKind(StrEnum):
+    """The kinds of event a run reports, by every feed (the JSON-lines log, the service's
+    event rows): one spelling, so that readers of either feed match on the same names."""
+
+    START = "start"
+    STEP = "step"
+    EPOCH = "epoch"
+    END = "end"
+    ERROR = "error"
 
 
 @dataclass
@@ -138,52 +148,8 @@ def metric_value(event: EpochEvent, name: str) -> float | None:
     return None if event.metrics is None else event.metrics.value(name)
 
 
-def _higher_is_better(name: str) -> bool:
+def higher_is_better(name: str) -> bool:
     return name != "val_loss"
-
-
-class Checkpointer(Callback):
-    """``last.pt`` every ``period_iters`` and at each epoch end; ``best.pt`` by ``metric``.
-
-    Nothing is written when the run fails, so the last good checkpoint is never replaced by
-    the state of a diverged model. Each ``last.pt`` written sets ``state.saved_iteration``,
-    which the callbacks after this one (the caller's) see in the same hook.
-    """
-
-    def __init__(self, *, directory: Path, period_iters: int, metric: str) -> None:
-        self.directory = directory
-        self.period_iters = period_iters
-        self.metric = metric
-
-    def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
-        if event.iteration % self.period_iters == 0:
-            self._save_last(trainer, trainer.checkpoint())
-
-    def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
-        payload = trainer.checkpoint()
-        # The epoch's report travels with the state it describes: a run killed after this
-        # save but before a callback recorded the event can still record it when resumed.
-        payload["epoch_event"] = event.to_json()
-        if event.metrics is not None:
-            # The model file's per-class score thresholds are read from these.
-            payload["val_metrics"] = event.metrics.model_dump(mode="json")
-        self._save_last(trainer, payload)
-        value = metric_value(event, self.metric)
-        if value is None:
-            return
-        best = trainer.state.best_metric
-        better = best is None or (value > best if _higher_is_better(self.metric) else value < best)
-        if better:
-            trainer.state.best_metric = value
-            payload["best_metric"] = {"name": self.metric, "value": value}
-            save_atomic(payload, self.directory / BEST)
-
-    def on_fit_end(self, trainer: Trainer) -> None:
-        self._save_last(trainer, trainer.checkpoint())
-
-    def _save_last(self, trainer: Trainer, payload: dict[str, Any]) -> None:
-        save_atomic(payload, self.directory / LAST)
-        trainer.state.saved_iteration = trainer.state.iteration
 
 
 class StopOnSignal(Callback):
@@ -239,7 +205,7 @@ class EarlyStopping(Callback):
         value = metric_value(event, self.metric)
         if value is None:
             return
-        sign = 1.0 if _higher_is_better(self.metric) else -1.0
+        sign = 1.0 if higher_is_better(self.metric) else -1.0
         if self.best is None or sign * (value - self.best) > self.min_delta:
             self.best, self.bad_evals = value, 0
             return
@@ -264,28 +230,29 @@ class JsonlEvents(Callback):
     def __init__(self, *, path: Path) -> None:
         self.path = path
 
-    def _write(self, kind: str, payload: dict[str, Any]) -> None:
+    def _write(self, kind: EventKind, payload: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"type": kind, "time": time.time(), **payload}
+        record = {"type": str(kind), "time": time.time(), **payload}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, allow_nan=False, default=_finite_or_none) + "\n")
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        self._write("start", start_payload(trainer))
+        self._write(EventKind.START, start_payload(trainer))
 
     def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
-        self._write("step", asdict(event))
+        self._write(EventKind.STEP, asdict(event))
 
     def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
-        self._write("epoch", event.to_json())
+        self._write(EventKind.EPOCH, event.to_json())
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self._write(
-            "end", {"iteration": trainer.state.iteration, "stop_reason": trainer.state.stop_reason}
+            EventKind.END,
+            {"iteration": trainer.state.iteration, "stop_reason": trainer.state.stop_reason},
         )
 
     def on_exception(self, trainer: Trainer, exc: BaseException) -> None:
-        self._write("error", {"iteration": trainer.state.iteration, "error": str(exc)})
+        self._write(EventKind.ERROR, {"iteration": trainer.state.iteration, "error": str(exc)})
 
 
 def _finite_or_none(value: object) -> object:

@@ -1,4 +1,10 @@
-"""Atomic checkpoints, and reading them back without unpickling code.
+"""Checkpoints: where a run keeps them, which one is final, the callback that writes them,
+and their atomic save and safe load.
+
+A run folder holds ``checkpoints/last.pt`` (the newest state: resume from it) and
+``checkpoints/best.pt`` (the state with the best validation metric, when there is one); the
+final checkpoint of a run is ``best.pt`` when it exists, else ``last.pt``. Nothing outside
+this module spells those paths.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
 ``torch.load(weights_only=True)``. It is written to a temporary file in the same folder,
@@ -17,9 +23,83 @@ from typing import Any
 
 import torch
 
+from detector.engine.callbacks import (
+    Callback,
+    EpochEvent,
+    StepEvent,
+    Trainer,
+    higher_is_better,
+    metric_value,
+)
+
 LAST = "last.pt"
 BEST = "best.pt"
 _TMP_SUFFIX = ".tmp"
+
+
+def checkpoint_dir(workdir: Path) -> Path:
+    """The folder of a run's checkpoints."""
+    return workdir / "checkpoints"
+
+
+def last_checkpoint(workdir: Path) -> Path:
+    """The newest state of the run in ``workdir``: what a resume continues from."""
+    return checkpoint_dir(workdir) / LAST
+
+
+def best_checkpoint(workdir: Path) -> Path:
+    """The state with the best validation metric (absent without a validation set)."""
+    return checkpoint_dir(workdir) / BEST
+
+
+def final_checkpoint(workdir: Path) -> Path:
+    """The checkpoint a finished run is judged and shipped by: best, else last."""
+    best = best_checkpoint(workdir)
+    return best if best.exists() else last_checkpoint(workdir)
+
+
+class Checkpointer(Callback):
+    """``last.pt`` every ``period_iters`` and at each epoch end; ``best.pt`` by ``metric``.
+
+    Nothing is written when the run fails, so the last good checkpoint is never replaced by
+    the state of a diverged model. Each ``last.pt`` written sets ``state.saved_iteration``,
+    which the callbacks after this one (the caller's) see in the same hook.
+    """
+
+    def __init__(self, *, workdir: Path, period_iters: int, metric: str) -> None:
+        self.workdir = workdir
+        self.period_iters = period_iters
+        self.metric = metric
+
+    def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
+        if event.iteration % self.period_iters == 0:
+            self._save_last(trainer, trainer.checkpoint())
+
+    def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
+        payload = trainer.checkpoint()
+        # The epoch's report travels with the state it describes: a run killed after this
+        # save but before a callback recorded the event can still record it when resumed.
+        payload["epoch_event"] = event.to_json()
+        if event.metrics is not None:
+            # The model file's per-class score thresholds are read from these.
+            payload["val_metrics"] = event.metrics.model_dump(mode="json")
+        self._save_last(trainer, payload)
+        value = metric_value(event, self.metric)
+        if value is None:
+            return
+        best = trainer.state.best_metric
+        better = best is None or (value > best if higher_is_better(self.metric) else value < best)
+        if better:
+            trainer.state.best_metric = value
+            payload["best_metric"] = {"name": self.metric, "value": value}
+            save_atomic(payload, best_checkpoint(self.workdir))
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self._save_last(trainer, trainer.checkpoint())
+
+    def _save_last(self, trainer: Trainer, payload: dict[str, Any]) -> None:
+        save_atomic(payload, last_checkpoint(self.workdir))
+        trainer.state.saved_iteration = trainer.state.iteration
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -38,10 +118,11 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     _fsync_dir(path.parent)
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
+def remove_stale_temporaries(workdir: Path) -> list[Path]:
     """Delete the temporary files of saves that were killed midway (a SIGKILL, a power cut)
-    in ``folder``, and return them. Nothing else removes them; call it when no save into
-    ``folder`` can be running, at the start of a run."""
+    in the run folder ``workdir``, and return them. Nothing else removes them; call it when
+    no save into ``workdir`` can be running, at the start of a run."""
+    folder = checkpoint_dir(workdir)
     stale = sorted(folder.glob(f".*{_TMP_SUFFIX}")) if folder.is_dir() else []
     for path in stale:
         path.unlink(missing_ok=True)

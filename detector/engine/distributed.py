@@ -97,6 +97,24 @@ class Dist:
             dist.barrier()
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 (or not data-parallel at all): the one that writes.
+    Readable before (or without) joining the process group, from the environment alone."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def rank_environment(*, rank: int, world_size: int, port: int) -> dict[str, str]:
+    """The environment torchrun gives rank ``rank`` of ``world_size`` processes on this host,
+    for a launcher that starts the ranks itself; :func:`from_env` reads it back."""
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+
+
 def from_env(device: torch.device) -> Dist:
     """Join the process group torchrun describes in the environment (once per process)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -28,15 +28,14 @@ from detector.data.coco import CocoDetection, collate_detection
 from detector.data.sampler import EpochBatchSampler, SeededSamples
 from detector.data.transforms import build_transforms
 from detector.device import resolve_device
-from detector.engine.callbacks import (
-    Callback,
+from detector.engine.callbacks import Callback, EarlyStopping, EpochEvent, StepEvent, TrainState
+from detector.engine.checkpoint import (
     Checkpointer,
-    EarlyStopping,
-    EpochEvent,
-    StepEvent,
-    TrainState,
+    last_checkpoint,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
 )
-from detector.engine.checkpoint import LAST, load_checkpoint, rng_state, set_rng_state
 from detector.engine.distributed import from_env
 from detector.engine.optim import build_optimizer, build_scheduler, total_iterations
 from detector.engine.throughput import Throughput
@@ -146,7 +145,7 @@ class Trainer:
         if self.dist.is_main:
             self.callbacks.append(
                 Checkpointer(
-                    directory=workdir / "checkpoints",
+                    workdir=workdir,
                     period_iters=cfg.checkpoint_period_iters,
                     metric=cfg.eval.metric,
                 )
@@ -218,7 +217,7 @@ class Trainer:
         }
 
     def restore(self) -> None:
-        path = self.workdir / "checkpoints" / LAST
+        path = last_checkpoint(self.workdir)
         if not path.exists():
             return
         ckpt = load_checkpoint(path)

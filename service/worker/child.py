@@ -168,7 +168,7 @@ def run_child(settings: Settings, job_id: str, token: int) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "error.txt").unlink(missing_ok=True)  # from an earlier attempt
     # Saves cut off by a kill leave temporary files; no save of this job runs before fit.
-    remove_stale_temporaries(workdir / "checkpoints")
+    remove_stale_temporaries(workdir)
     log = storage.log_file(job_id).open("a", buffering=1)
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)

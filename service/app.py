@@ -11,9 +11,10 @@ from anyio import to_thread
 from fastapi import Depends, FastAPI
 
 from detector import Predictor
-from service.api import datasets, health, jobs, models, workers
+from service.api import datasets, health, jobs, models, predict, workers
 from service.api.deps import require_api_key
 from service.api.limits import BodyLimits
+from service.api.openapi import install_openapi
 from service.errors import install_error_handlers
 from service.inference import BatchingRunner, ModelCache
 from service.settings import Settings
@@ -46,7 +47,13 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.models.close()
             engine.dispose()
 
-    app = FastAPI(title="RetinaNet training service", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="RetinaNet training service",
+        version="0.1.0",
+        lifespan=lifespan,
+        # Operation ids (a generated client's function names) are the route functions' names.
+        generate_unique_id_function=lambda route: route.name,
+    )
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodyLimits, settings=settings)
@@ -55,7 +62,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(datasets.router, dependencies=protected)
     app.include_router(jobs.router, dependencies=protected)
     app.include_router(models.router, dependencies=protected)
+    app.include_router(predict.router, dependencies=protected)
     app.include_router(workers.router, dependencies=protected)
+    install_openapi(app, settings)
     return app
 
 

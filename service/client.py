@@ -39,7 +39,16 @@ class Client:
         self._http.close()
 
     def _call(self, method: str, url: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, url, **kwargs)
+        response = self._checked(self._http.request(method, url, **kwargs))
+        if response.status_code == 204:
+            return None
+        return (
+            response.json() if "json" in response.headers.get("content-type", "") else response.text
+        )
+
+    @staticmethod
+    def _checked(response: httpx.Response) -> httpx.Response:
+        """``response``, unless it is an error: then :class:`ApiClientError` with its body."""
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
@@ -51,11 +60,7 @@ class Client:
                 error.get("message", ""),
                 error.get("details"),
             )
-        if response.status_code == 204:
-            return None
-        return (
-            response.json() if "json" in response.headers.get("content-type", "") else response.text
-        )
+        return response
 
     # -- datasets ---------------------------------------------------------------------------
 
@@ -85,7 +90,7 @@ class Client:
 
     def register_dataset(self, *, name: str, annotations: str, images: str) -> dict[str, Any]:
         body = {"name": name, "annotations": annotations, "images": images}
-        return dict(self._call("POST", "/v1/datasets", json=body))
+        return dict(self._call("POST", "/v1/datasets/register", json=body))
 
     def dataset(self, dataset_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/v1/datasets/{dataset_id}"))
@@ -179,9 +184,20 @@ class Client:
     def delete_model(self, model_id: str) -> None:
         self._call("DELETE", f"/v1/models/{model_id}")
 
-    def predict(
-        self,
-        model_id: str,
+    def predict(self, model_id: str, images: list[Path], **options: Any) -> dict[str, Any]:
+        """Detections per image: ``{"model_id", "images": [{"file", "detections": [...]}]}``.
+        ``options``: those of :meth:`predict_form` (score_threshold, class_ids, ...)."""
+        files, data = self.predict_form(images, **options)
+        return dict(self._call("POST", f"/v1/models/{model_id}/predict", files=files, data=data))
+
+    def predict_png(self, model_id: str, image: Path, **options: Any) -> bytes:
+        """One image with its detections drawn, as PNG bytes."""
+        files, data = self.predict_form([image], **options)
+        url = f"/v1/models/{model_id}/predict/png"
+        return self._checked(self._http.post(url, files=files, data=data)).content
+
+    @staticmethod
+    def predict_form(
         images: list[Path],
         *,
         score_threshold: float | str | None = None,
@@ -190,19 +206,20 @@ class Client:
         class_ids: list[int] | None = None,
         tile_size: int | None = None,
         tile_overlap: float | None = None,
-    ) -> dict[str, Any]:
-        """Detections per image: ``{"model_id", "images": [{"file", "detections": [...]}]}``."""
+    ) -> tuple[list[tuple[str, tuple[str, bytes]]], dict[str, Any]]:
+        """The multipart parts and form fields of a predict request."""
         fields = {
             "score_threshold": score_threshold,
             "nms_iou": nms_iou,
             "max_detections": max_detections,
-            "class_ids": None if class_ids is None else ",".join(map(str, class_ids)),
             "tile_size": tile_size,
             "tile_overlap": tile_overlap,
         }
-        data = {k: str(v) for k, v in fields.items() if v is not None}
+        data: dict[str, Any] = {k: str(v) for k, v in fields.items() if v is not None}
+        if class_ids is not None:  # an array: the field repeated, one id each
+            data["class_ids"] = [str(c) for c in class_ids]
         files = [("files", (Path(p).name, Path(p).read_bytes())) for p in images]
-        return dict(self._call("POST", f"/v1/models/{model_id}/predict", files=files, data=data))
+        return files, data
 
     def export(self, model_id: str, *, fmt: str = "onnx") -> dict[str, Any]:
         """Export and parity-check (may take a minute); returns the report and download path."""

@@ -9,11 +9,15 @@ from typing import Any
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from detector import DatasetError, RecipeError
+from service.refusal import NotAllowed, Refusal, TooLarge, Unsupported
+from service.schemas import DatasetReport
 from service.store.repo import Conflict, NotFound
 from service.store.retry import is_transient
 
@@ -36,9 +40,13 @@ class ApiError(Exception):
         self.details, self.headers = details, headers
 
 
-def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
-    """Where each problem is and what it is, without echoing the (possibly huge) input."""
-    return [{"loc": list(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+def validation_details(exc: ValidationError | RequestValidationError) -> list[dict[str, Any]]:
+    """Where each problem is, what it is and its pydantic type, without echoing the (possibly
+    huge) input: the one formatting of validation errors in answers."""
+    return [
+        {"loc": list(e.get("loc", ())), "message": e.get("msg"), "type": e.get("type")}
+        for e in exc.errors()
+    ]
 
 
 class ErrorJSONResponse(JSONResponse):
@@ -60,6 +68,19 @@ def error_response(
     return ErrorJSONResponse(body, status_code=status_code, headers=headers)
 
 
+def refusal_status(exc: Refusal) -> int:
+    """The HTTP status of a domain refusal: its kind decides, whatever module raised it."""
+    for kind, status_code in _REFUSALS:
+        if isinstance(exc, kind):
+            return status_code
+    return 422  # readable but invalid input
+
+
+_REFUSALS: tuple[tuple[type[Refusal], int], ...] = (
+    (TooLarge, 413),
+    (Unsupported, 415),
+    (NotAllowed, 403),
+)
 STORE_RETRY_AFTER_S = 2
 _HTTP_CODES = {
     400: "bad_request",  # an unparsable body or multipart form (FastAPI's, Starlette's)
@@ -75,6 +96,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
 
+    @app.exception_handler(Refusal)
+    async def _refusal(_: Request, exc: Refusal) -> JSONResponse:
+        return error_response(refusal_status(exc), exc.code, exc.message, exc.details)
+
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
         return error_response(status.HTTP_404_NOT_FOUND, "not_found", str(exc))
@@ -89,22 +114,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DatasetError)
     async def _dataset(_: Request, exc: DatasetError) -> JSONResponse:
-        return error_response(422, "invalid_dataset", str(exc), exc.report.model_dump(mode="json"))
+        report = DatasetReport.model_validate(exc.report).model_dump(mode="json")
+        return error_response(422, "invalid_dataset", str(exc), report)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"loc": list(e.get("loc", ())), "message": e.get("msg"), "type": e.get("type")}
-            for e in exc.errors()
-        ]
+        details = validation_details(exc)
         return error_response(422, "invalid_request", "the request is malformed", details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(
-            exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
-        )
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.exception_handler(sa_exc.DBAPIError)
     @app.exception_handler(sa_exc.TimeoutError)
@@ -124,6 +148,17 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
         return _unhandled(exc)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path: Starlette's 405 names only those of the first
+    route whose path matched (``/v1/models/{id}`` has a GET route and a DELETE route)."""
+    path = request.url.path
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.router.routes):  # included routers unfolded
+        if route.path and compile_path(route.path)[0].match(path):
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 def _unhandled(exc: Exception) -> JSONResponse:

@@ -15,41 +15,51 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from service.errors import ApiError
+from service.refusal import Refusal, TooLarge, Unsupported
 
 FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF"})
 """MPO: the JPEG variant many cameras write (a JPEG with extra frames; the first is used)."""
 
 
+class ImageError(Refusal):
+    """An uploaded file that is no readable image (empty, truncated, damaged)."""
+
+
+class ImageTooLarge(ImageError, TooLarge):  # noqa: N818
+    """More pixels than the limit, read from the header before decoding."""
+
+
+class UnsupportedImage(ImageError, Unsupported):  # noqa: N818
+    """Not an image, or one in a format not in :data:`FORMATS`."""
+
+
 def decode_upload(name: str, data: bytes, *, max_pixels: int) -> Tensor:
-    """One uploaded file as uint8[3, H, W] RGB; :class:`ApiError` (4xx) naming the file."""
+    """One uploaded file as uint8[3, H, W] RGB; :class:`ImageError` naming the file."""
     if not data:
-        raise ApiError(422, "invalid_image", f"{name}: the file is empty")
+        raise ImageError("invalid_image", f"{name}: the file is empty")
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb check warns (or raises past 2x its limit); ours is below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ApiError(413, "image_too_large", f"{name}: {exc}") from None
+        raise ImageTooLarge("image_too_large", f"{name}: {exc}") from None
     except UnidentifiedImageError:
-        raise ApiError(
-            415, "unsupported_image", f"{name}: not an image in a supported format"
+        raise UnsupportedImage(
+            "unsupported_image", f"{name}: not an image in a supported format"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:  # a recognised but broken header
-        raise ApiError(422, "invalid_image", f"{name}: cannot read the image: {exc}") from None
+        raise ImageError("invalid_image", f"{name}: cannot read the image: {exc}") from None
     with image:
         if image.format not in FORMATS:
-            raise ApiError(
-                415,
+            raise UnsupportedImage(
                 "unsupported_image",
                 f"{name}: format {image.format} is not supported "
                 f"(supported: {', '.join(sorted(FORMATS))})",
             )
         width, height = image.size
         if width * height > max_pixels:
-            raise ApiError(
-                413,
+            raise ImageTooLarge(
                 "image_too_large",
                 f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels}",
             )
@@ -59,8 +69,6 @@ def decode_upload(name: str, data: bytes, *, max_pixels: int) -> Tensor:
                 rgb = image.convert("RGB")  # decodes; truncated data raises OSError
         # TypeError: Pillow's TIFF reader on a damaged offset table (found by fuzzing).
         except (OSError, SyntaxError, ValueError, TypeError) as exc:
-            raise ApiError(
-                422, "invalid_image", f"{name}: cannot decode the image: {exc}"
-            ) from None
+            raise ImageError("invalid_image", f"{name}: cannot decode the image: {exc}") from None
     array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

@@ -20,11 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import NoReturn
 
-from pydantic import TypeAdapter, ValidationError
-
 from detector.data.images import is_clean_text, is_file_name
-from service.errors import ApiError, validation_details
-from service.schemas import DatasetName
+from service.refusal import NotAllowed, Refusal, TooLarge
 
 _COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 """What every common zip tool writes; the others need optional modules or are unsupported."""
@@ -32,7 +29,12 @@ _COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 _DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, ValueError)
 
 
-_NAME: TypeAdapter[str] = TypeAdapter(DatasetName)
+class ArchiveError(Refusal):
+    """A zip that cannot be taken: damaged, unsafe or not a dataset (``details``: the entry)."""
+
+
+class ArchiveTooLarge(ArchiveError, TooLarge):  # noqa: N818
+    """More files or bytes than the limits."""
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,13 @@ def _members(
     """The file entries by their checked relative path; refuses the archive on any defect."""
     entries = [info for info in zf.infolist() if not info.is_dir()]
     if len(entries) > max_files:
-        raise ApiError(
-            413, "too_many_files", f"the archive has {len(entries)} files (limit {max_files})"
+        raise ArchiveTooLarge(
+            "too_many_files", f"the archive has {len(entries)} files (limit {max_files})"
         )
     total = sum(info.file_size for info in entries)
     if total > max_bytes:  # a zip bomb is refused before a byte is written
-        raise ApiError(
-            413, "too_large", f"the archive unpacks to {total} bytes (limit {max_bytes})"
+        raise ArchiveTooLarge(
+            "too_large", f"the archive unpacks to {total} bytes (limit {max_bytes})"
         )
     members: dict[PurePosixPath, zipfile.ZipInfo] = {}
     for info in entries:
@@ -106,35 +108,30 @@ def _check_member(info: zipfile.ZipInfo) -> PurePosixPath:
 
 @contextmanager
 def _reading(entry: str | None) -> Iterator[None]:
-    """Damaged data read inside the block -> 422 naming ``entry`` (None: the archive)."""
+    """Damaged data read inside the block -> :class:`ArchiveError` naming ``entry`` (None: the
+    archive)."""
     try:
         yield
     except NotImplementedError as exc:  # e.g. a zip "version needed" this reader lacks
-        raise ApiError(
-            422, "unsupported_archive", f"the archive needs an unsupported feature: {exc}"
+        raise ArchiveError(
+            "unsupported_archive", f"the archive needs an unsupported feature: {exc}"
         ) from None
     except _DAMAGED as exc:
         what = (
             "the upload is not a readable zip" if entry is None else f"entry {entry!r} is damaged"
         )
-        raise ApiError(422, "invalid_archive", f"{what}: {exc}", {"entry": entry}) from None
+        raise ArchiveError("invalid_archive", f"{what}: {exc}", {"entry": entry}) from None
 
 
 def _refuse(code: str, entry: str, why: str) -> NoReturn:
-    raise ApiError(422, code, f"archive entry {entry!r} {why}", {"entry": entry})
+    raise ArchiveError(code, f"archive entry {entry!r} {why}", {"entry": entry})
 
 
-def upload_label(name: object, filename: str | None) -> str:
-    """An upload's dataset name: the form's ``name``, checked as a registration's is; else
-    the zip's file name, made storable (it is the client's, and only a label)."""
-    if isinstance(name, str) and name:
-        try:
-            return _NAME.validate_python(name)
-        except ValidationError as exc:
-            details = [{**d, "loc": ["name"]} for d in validation_details(exc)]
-            raise ApiError(
-                422, "invalid_request", "invalid multipart field 'name'", details
-            ) from None
+def upload_label(name: str | None, filename: str | None) -> str:
+    """An upload's dataset name: the form's ``name`` (checked by its schema); else the zip's
+    file name, made storable (it is the client's, and only a label)."""
+    if name:
+        return name
     label = "".join(char for char in filename or "" if is_clean_text(char))[:200]
     return label or "upload"
 
@@ -143,8 +140,7 @@ def _locate(root: Path) -> Located:
     candidates = sorted(root.glob("*.json")) or sorted(root.glob("annotations/*.json"))
     if len(candidates) != 1:
         found = [str(p.relative_to(root)) for p in candidates] or "none"
-        raise ApiError(
-            422,
+        raise ArchiveError(
             "invalid_archive",
             f"need exactly one COCO JSON at the top level or in annotations/, found {found}",
         )
@@ -153,15 +149,15 @@ def _locate(root: Path) -> Located:
 
 
 def resolve_under(root: Path | None, value: str) -> Path:
-    """``value`` (relative to ``root`` or absolute) if it stays inside ``root``; else 403."""
+    """``value`` (relative to ``root`` or absolute) if it stays inside ``root``; else
+    :class:`NotAllowed`."""
     if root is None:
-        raise ApiError(
-            403,
+        raise NotAllowed(
             "registration_disabled",
             "registering server folders is off (set RETINANET_DATASET_ROOT)",
         )
     base = root.resolve()
     path = (base / value).resolve()
     if not path.is_relative_to(base):
-        raise ApiError(403, "path_not_allowed", f"{value!r} is outside the allowed dataset root")
+        raise NotAllowed("path_not_allowed", f"{value!r} is outside the allowed dataset root")
     return path

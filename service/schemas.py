@@ -7,15 +7,22 @@ refuses NUL; no path holds a newline), recipe overrides nested deeper than any r
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
+from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from fastapi import UploadFile
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from detector import DetectionOut, PredictOptions, ValidationReport
 from detector.config import check_nesting
 from detector.data.images import is_clean_text
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# The store's definition, re-exported (``as``) for the API's schemas and routes.
+from service.store.tables import EventKind
+from service.store.tables import JobStatus as JobStatus
+
 DB_INT_MIN, DB_INT_MAX = -(2**31), 2**31 - 1
 """The store's ``Integer`` columns: 32 bits on PostgreSQL."""
 ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
@@ -44,6 +51,16 @@ class ErrorDetail(_Body):
     details: Any = None
 
 
+class Readiness(_Body):
+    """``/health``'s answer; on 503, ``database`` or ``worker_last_seen_s`` says why."""
+
+    status: Literal["ok", "unavailable"]
+    database: str | None = Field(default=None, description='"ok", or the error it raised')
+    worker_last_seen_s: float | None = Field(
+        default=None, description="seconds since a worker was seen (None: never)"
+    )
+
+
 class ErrorBody(_Body):
     """Every error response: ``{"error": {"code", "message", "details"}}``."""
 
@@ -62,6 +79,36 @@ class DatasetRegister(_Body):
     )
 
 
+class DatasetReport(ValidationReport):
+    """The validator's report as clients see it: its two paths relative to the dataset (the
+    folder holding both), never the server's absolute paths."""
+
+    annotations_path: str  # type: ignore[assignment]
+    image_dir: str  # type: ignore[assignment]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _relative(cls, data: Any) -> Any:
+        if isinstance(data, ValidationReport):
+            data = data.model_dump(mode="json")
+        if not isinstance(data, dict) or not {"annotations_path", "image_dir"} <= data.keys():
+            return data
+        annotations, images = PurePath(data["annotations_path"]), PurePath(data["image_dir"])
+        if not (annotations.is_absolute() and images.is_absolute()):
+            return data
+        base = PurePath(os.path.commonpath([annotations.parent, images]))
+        return {
+            **data,
+            "annotations_path": annotations.relative_to(base).as_posix(),
+            "image_dir": images.relative_to(base).as_posix() or ".",
+        }
+
+
+class Category(_Body):
+    id: int = Field(description="COCO category id")
+    name: str
+
+
 class DatasetPublic(_Body):
     model_config = ConfigDict(from_attributes=True, frozen=True)
 
@@ -71,9 +118,9 @@ class DatasetPublic(_Body):
     num_images: int
     num_boxes: int
     class_counts: dict[str, int]
-    categories: list[dict[str, Any]]
+    categories: list[Category]
     created_at: datetime
-    report: dict[str, Any] = Field(description="the validator's report (warnings and info)")
+    report: DatasetReport = Field(description="the validator's report (warnings and info)")
 
 
 class DatasetsPublic(_Body):
@@ -142,6 +189,14 @@ class JobPublic(_Body):
     finished_at: datetime | None
 
 
+class JobEventMessage(_Body):
+    """One server-sent event of ``GET /v1/jobs/{id}/events``, as its fields arrive."""
+
+    id: str = Field(description="the event's id: send it as Last-Event-ID to resume after it")
+    event: EventKind
+    data: str = Field(description="the event's payload, a JSON object")
+
+
 class JobsPublic(_Body):
     data: list[JobPublic]
     count: int
@@ -189,18 +244,22 @@ class ModelsPublic(_Body):
     count: int
 
 
-class Detection(_Body):
-    category_id: int
-    category_name: str
-    bbox: tuple[float, float, float, float] = Field(description="[x, y, w, h], original pixels")
-    score: float
+class PredictForm(PredictOptions):
+    """The predict form: the images and the options (:class:`detector.PredictOptions`, the one
+    definition of their bounds). Limits set by the server (``RETINANET_PREDICT_MAX_FILES``,
+    ``..._MAX_FILE_MB``, ``..._MAX_PIXELS``) are filled into the document at start-up."""
+
+    files: list[UploadFile] = Field(min_length=1, description="the images (JPEG, PNG, ...)")
+
+    def options(self) -> PredictOptions:
+        return PredictOptions.model_validate(self.model_dump(exclude={"files"}))
 
 
 class ImageDetections(_Body):
     file: str
     width: int
     height: int
-    detections: list[Detection]
+    detections: list[DetectionOut] = Field(description="bbox: [x, y, w, h], original pixels")
 
 
 class PredictPublic(_Body):

@@ -1,15 +1,17 @@
-"""``/v1/datasets``: upload or register a COCO dataset, list, read and delete them."""
+"""``/v1/datasets``: upload (``POST /v1/datasets``, multipart) or register
+(``POST /v1/datasets/register``, JSON) a COCO dataset; list, read and delete them.
+
+Two routes, not one taking either body: an operation has one request body schema that FastAPI
+parses and documents, so a generated client gets a typed call for each."""
 
 from __future__ import annotations
 
 import shutil
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Depends, File, Form, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
 from detector import validate_coco
 from service.api.deps import (
@@ -21,11 +23,19 @@ from service.api.deps import (
     SessionsDep,
     SettingsDep,
     StorageDep,
+    require_multipart,
 )
 from service.api.limits import check_disk_space, unpacked_size
-from service.errors import ApiError, validation_details
+from service.errors import ApiError
 from service.ingest import Located, resolve_under, unpack_zip, upload_label
-from service.schemas import DatasetPublic, DatasetRegister, DatasetsPublic, ErrorBody
+from service.schemas import (
+    DatasetName,
+    DatasetPublic,
+    DatasetRegister,
+    DatasetReport,
+    DatasetsPublic,
+    ErrorBody,
+)
 from service.settings import Settings
 from service.storage import Storage
 from service.store import repo
@@ -38,22 +48,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody},
     409: {"model": ErrorBody},
 }
-_UPLOAD_DOC = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "name": {"type": "string"},
-                    },
-                    "required": ["file"],
-                }
-            },
-            "application/json": {"schema": DatasetRegister.model_json_schema()},
-        }
-    }
+_CREATED: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    403: {"model": ErrorBody},
+    413: {"model": ErrorBody},
+    415: {"model": ErrorBody},
+    507: {"model": ErrorBody},
 }
 
 
@@ -61,51 +61,45 @@ _UPLOAD_DOC = {
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetPublic,
-    responses={
-        **_ERRORS,
-        403: {"model": ErrorBody},
-        413: {"model": ErrorBody},
-        415: {"model": ErrorBody},
-        422: {"model": ErrorBody},
-        507: {"model": ErrorBody},
-    },
-    openapi_extra=_UPLOAD_DOC,
+    responses=_CREATED,
+    dependencies=[Depends(require_multipart)],
+    # One zip and its name: a second file is a client's mistake (400), not a choice to guess.
+    form_limits={"max_files": 1, "max_fields": 4},
 )
-async def create_dataset(
-    request: Request, sessions: SessionsDep, settings: SettingsDep, storage: StorageDep
+async def upload_dataset(
+    file: Annotated[UploadFile, File(description="a zip: one COCO JSON and its images")],
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    name: Annotated[
+        DatasetName | None, Form(description="the dataset's name (default: the zip's)")
+    ] = None,
 ) -> DatasetPublic:
-    """A zip upload (multipart field ``file``) or a JSON body registering a server folder.
+    """Upload a zip of a COCO dataset (multipart field ``file``).
 
     The dataset is validated: errors -> 422 with the report and nothing kept; otherwise 201
     with the report (its warnings say what was dropped or clipped). The body is counted as it
-    arrives and cut at ``RETINANET_MAX_UPLOAD_MB`` (413; see ``service.limits``); unpacking,
-    validation and the database run in the thread pool, never on the event loop.
+    arrives and cut at ``RETINANET_MAX_UPLOAD_MB`` (413) and refused before it is read when the
+    disk would fill (507; see ``service.api.limits``); unpacking, validation and the database
+    run in the thread pool, never on the event loop.
     """
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        check_disk_space(storage.root, _declared_length(request), settings)
-        form = await request.form(max_files=1, max_fields=4)
-        upload, name = form.get("file"), form.get("name")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, "invalid_request", "multipart field 'file' (a zip) is required")
-        label = upload_label(name, upload.filename)
-        return await run_in_threadpool(_ingest_upload, upload, label, sessions, settings, storage)
-    if content_type.startswith("application/json"):
-        try:
-            body = DatasetRegister.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise ApiError(
-                422, "invalid_request", "the request is malformed", validation_details(exc)
-            ) from None
-        return await run_in_threadpool(_register_folder, body, sessions, settings)
-    raise ApiError(
-        415, "unsupported_media_type", "send multipart/form-data (zip upload) or application/json"
-    )
+    label = upload_label(name, file.filename)
+    return await run_in_threadpool(_ingest_upload, file, label, sessions, settings, storage)
 
 
-def _declared_length(request: Request) -> int | None:
-    declared = request.headers.get("content-length", "")
-    return int(declared) if declared.isdigit() else None
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetPublic,
+    responses=_CREATED,
+)
+def register_dataset(
+    body: DatasetRegister, sessions: SessionsDep, settings: SettingsDep
+) -> DatasetPublic:
+    """Register a COCO dataset already on the server, under ``RETINANET_DATASET_ROOT`` (403
+    outside it or when unset); validated as an upload is. A sync route: FastAPI runs it in the
+    thread pool, and its sessions are opened inside."""
+    return _register_folder(body, sessions, settings)
 
 
 def _register_folder(
@@ -170,7 +164,7 @@ def _validated(located: Located, settings: Settings) -> dict[str, object]:
             422,
             "invalid_dataset",
             f"the dataset has {len(report.errors())} error(s)",
-            report.model_dump(mode="json"),
+            DatasetReport.model_validate(report).model_dump(mode="json"),
         )
     return {
         "num_images": len(coco.images),

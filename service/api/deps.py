@@ -11,6 +11,7 @@ from fastapi import Depends, HTTPException, Path, Query, Request, Security, stat
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
+from service.errors import ApiError
 from service.inference import ModelCache
 from service.schemas import DB_INT_MAX, ID_PATTERN
 from service.settings import Settings, hash_key
@@ -105,3 +106,10 @@ JobIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="a job id")]
 ModelIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="a model id")]
 PageLimit = Annotated[int, Query(ge=1, le=500, description="rows per page")]
 PageOffset = Annotated[int, Query(ge=0, le=DB_INT_MAX, description="rows to skip")]
+
+
+def require_multipart(request: Request) -> None:
+    """415 for a form route's body that is no multipart form: FastAPI would read it as an empty
+    form and answer that a file is missing, which hides the mistake."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", "send a multipart/form-data body")

@@ -9,19 +9,25 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from service.api.deps import ReadSessionDep, SettingsDep
+from service.schemas import Readiness
 from service.store import repo
+from service.store.liveness import alive_since
 
 router = APIRouter(prefix="/health", tags=["health"])
 
 
-@router.get("/live")
+@router.get("/live", response_model=Readiness)
 async def live() -> dict[str, str]:
     """Answered on the event loop itself (no thread, no database): it says the process serves
     requests, so it must not queue behind a busy thread pool."""
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "not ready: the fields say why"}},
+)
 def ready(session: ReadSessionDep, settings: SettingsDep) -> JSONResponse:
     """200 when the database answers and some worker was seen recently; else 503 with why."""
     try:
@@ -31,8 +37,9 @@ def ready(session: ReadSessionDep, settings: SettingsDep) -> JSONResponse:
         return JSONResponse(
             {"status": "unavailable", "database": f"error: {type(exc).__name__}"}, status_code=503
         )
-    age = None if seen is None else (datetime.now(UTC) - _aware(seen)).total_seconds()
-    worker_ok = age is not None and age <= settings.worker_stale_s
+    now = datetime.now(UTC)
+    age = None if seen is None else (now - _aware(seen)).total_seconds()
+    worker_ok = seen is not None and _aware(seen) >= alive_since(now, settings.worker_stale_s)
     body = {
         "status": "ok" if worker_ok else "unavailable",
         "database": "ok",

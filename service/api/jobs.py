@@ -26,26 +26,25 @@ from service.api.deps import (
     SettingsDep,
     StorageDep,
 )
-from service.api.workers import alive_since
 from service.errors import ApiError
 from service.schemas import (
     DB_INT_MAX,
     EpochMetrics,
     ErrorBody,
     JobCreate,
+    JobEventMessage,
     JobPublic,
     JobsPublic,
     JobStatus,
     MetricsPublic,
 )
 from service.settings import Settings
-from service.store import repo
-from service.store.tables import Job
+from service.store import liveness, repo
+from service.store.tables import FINAL_STATUSES, Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
-FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 
 
 def now() -> datetime:
@@ -59,27 +58,14 @@ def to_public(job: Job, capacity: int | None) -> JobPublic:
         {
             **{k: getattr(job, k) for k in JobPublic.model_fields if k not in derived},
             "progress": _progress(job.progress),
-            "waiting_for": _waiting_for(job, capacity),
+            "waiting_for": liveness.waiting_for(job, capacity),
         }
     )
 
 
 def live_capacity(session: Session, settings: Settings) -> int | None:
     """The most devices a live worker offers (None: no live worker)."""
-    return repo.max_live_devices(session, seen_since=alive_since(settings))
-
-
-def _waiting_for(job: Job, capacity: int | None) -> str | None:
-    if job.status != "queued":
-        return None
-    if capacity is None:
-        return "no live worker (see /health/ready); the job starts when one polls the queue"
-    if job.devices > capacity:
-        return (
-            f"the job asks for {job.devices} devices and the live workers offer at most "
-            f"{capacity} (GET /v1/workers); it starts when a worker with enough GPUs polls"
-        )
-    return None
+    return liveness.live_capacity(session, now=now(), stale_s=settings.worker_stale_s)
 
 
 def _progress(step: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -93,7 +79,11 @@ def _progress(step: dict[str, Any] | None) -> dict[str, Any] | None:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobPublic,
-    responses={**_ERRORS, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses={
+        **_ERRORS,
+        200: {"model": JobPublic, "description": "a replay: the job of this Idempotency-Key"},
+        409: {"model": ErrorBody},
+    },
 )
 def create_job(
     body: JobCreate,
@@ -204,7 +194,17 @@ def _epoch_fields(payload: dict[str, Any]) -> dict[str, Any]:
     return {k: payload.get(k) for k in EpochMetrics.model_fields}
 
 
-@router.get("/{job_id}/events", responses=_ERRORS, response_class=EventSourceResponse)
+_EVENTS = {
+    "description": "server-sent events, live, until the job ends",
+    # itemSchema (OpenAPI 3.2, read by schemathesis): each event's fields; no "schema", which
+    # would describe the whole stream as one value a generated client then tries to parse.
+    "content": {"text/event-stream": {"itemSchema": JobEventMessage.model_json_schema()}},
+}
+
+
+@router.get(
+    "/{job_id}/events", responses={**_ERRORS, 200: _EVENTS}, response_class=EventSourceResponse
+)
 async def stream_events(
     job_id: JobIdPath,
     sessions: SessionsDep,
@@ -222,7 +222,7 @@ def _poll(
 ) -> tuple[list[tuple[int, str, str]], bool]:
     """Up to ``limit`` events after ``after`` as (id, kind, JSON), and whether the job ended."""
     with sessions() as session:
-        finished = repo.get_job(session, job_id).status in FINISHED
+        finished = repo.get_job(session, job_id).status in FINAL_STATUSES
         batch = repo.events_after(session, job_id, after_id=after, limit=limit)
         return [(e.id, e.kind, json.dumps(e.payload)) for e in batch], finished
 
@@ -244,7 +244,10 @@ async def _events(
             await asyncio.sleep(0.5)
 
 
-@router.get("/{job_id}/logs", response_class=PlainTextResponse, responses=_ERRORS)
+_TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+@router.get("/{job_id}/logs", response_class=PlainTextResponse, responses={**_ERRORS, 200: _TEXT})
 def get_logs(
     job_id: JobIdPath,
     session: ReadSessionDep,

@@ -26,12 +26,17 @@ from service.settings import Settings
 MIB: Final = 1024 * 1024
 MULTIPART_OVERHEAD: Final = 64 * 1024
 """Room for multipart boundaries, part headers and the small form fields."""
-_PREDICT: Final = re.compile(r"^/v1/models/[^/]+/predict$")
+UPLOAD_PATH: Final = "/v1/datasets"
+_PREDICT: Final = re.compile(r"^/v1/models/[^/]+/predict(/png)?$")
+
+
+def is_upload(method: str, path: str) -> bool:
+    return method == "POST" and path == UPLOAD_PATH
 
 
 def body_limit(settings: Settings, method: str, path: str) -> int:
     """The most bytes a request body to ``method path`` may have."""
-    if method == "POST" and path == "/v1/datasets":
+    if is_upload(method, path):
         return settings.max_upload_mb * MIB + MULTIPART_OVERHEAD
     if method == "POST" and _PREDICT.match(path):
         return settings.predict_max_files * settings.predict_max_file_mb * MIB + MULTIPART_OVERHEAD
@@ -54,6 +59,15 @@ class BodyLimits:
             message = f"the request body is {declared} bytes; the limit here is {limit}"
             await error_response(413, "too_large", message)(scope, receive, send)
             return
+        if is_upload(scope["method"], scope["path"]):
+            # Before the body is received (FastAPI reads a form before the route runs): an
+            # upload that cannot fit is refused without writing its spooled parts to disk.
+            try:
+                length = int(declared) if declared.isdigit() else None
+                check_disk_space(self.settings.data_dir, length, self.settings)
+            except ApiError as exc:
+                await error_response(exc.status_code, exc.code, exc.message)(scope, receive, send)
+                return
         await RequestBodyLimitMiddleware(self.app, max_body_size=limit)(scope, receive, send)
 
 

@@ -1,31 +1,25 @@
-"""``/v1/models``: the models of succeeded jobs; predict, download, export to ONNX."""
+"""``/v1/models``: the models of succeeded jobs; download, export to ONNX (predict: its own
+module, ``service.api.predict``)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from detector import (
     ExportMismatchError,
-    ModelFileError,
-    PredictOptions,
     Predictor,
     export_onnx,
     read_rgb,
     sha256_file,
 )
-from detector.draw import render_png
 from service.api.deps import (
     ModelCacheDep,
     ModelIdPath,
@@ -34,24 +28,17 @@ from service.api.deps import (
     ReadSessionDep,
     SessionDep,
     SessionsDep,
-    SettingsDep,
     StorageDep,
 )
-from service.errors import ApiError, validation_details
-from service.images import decode_upload
-from service.inference import Overloaded
+from service.errors import ApiError
 from service.schemas import (
-    Detection,
     ErrorBody,
     ExportPublic,
     ExportRequest,
-    ImageDetections,
     ModelClass,
     ModelPublic,
     ModelsPublic,
-    PredictPublic,
 )
-from service.settings import Settings
 from service.store import repo
 from service.store.db import Sessions
 from service.store.tables import Model
@@ -59,32 +46,9 @@ from service.store.tables import Model
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
-_OPTION_FIELDS = ("score_threshold", "nms_iou", "max_detections", "class_ids", "tile_size")
-_PREDICT_DOC = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "score_threshold": {
-                            "type": "string",
-                            "description": "a number in [0, 1], or best_f1 (default)",
-                        },
-                        "nms_iou": {"type": "number"},
-                        "max_detections": {"type": "integer"},
-                        "class_ids": {"type": "string", "description": "comma-separated ids"},
-                        "tile_size": {"type": "integer"},
-                        "tile_overlap": {"type": "number"},
-                        "format": {"type": "string", "enum": ["json", "png"]},
-                    },
-                    "required": ["files"],
-                }
-            }
-        }
-    }
-}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_FILE = {"application/octet-stream": _BINARY}
+_DOWNLOAD: dict[int | str, dict[str, Any]] = {**_ERRORS, 200: {"content": _FILE}}
 
 
 def to_public(row: Model) -> ModelPublic:
@@ -136,7 +100,7 @@ def delete_model(
 @router.get(
     "/{model_id}/weights",
     response_class=FileResponse,
-    responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
+    responses=_DOWNLOAD,
 )
 def download_weights(model_id: ModelIdPath, session: ReadSessionDep) -> FileResponse:
     """The model file: safetensors (weights + the card in its metadata), never a pickle."""
@@ -147,107 +111,6 @@ def download_weights(model_id: ModelIdPath, session: ReadSessionDep) -> FileResp
         filename=f"model-{model_id}.safetensors",
         headers={"X-Checksum-SHA256": row.weights_sha256},
     )
-
-
-@router.post(
-    "/{model_id}/predict",
-    response_model=PredictPublic,
-    responses={
-        **_ERRORS,
-        200: {"content": {"image/png": {}}},
-        413: {"model": ErrorBody},
-        415: {"model": ErrorBody},
-        422: {"model": ErrorBody},
-        503: {"model": ErrorBody},
-    },
-    openapi_extra=_PREDICT_DOC,
-)
-async def predict(
-    model_id: ModelIdPath,
-    request: Request,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    cache: ModelCacheDep,
-) -> Response | PredictPublic:
-    """Detections for one or several images (multipart ``files``), in COCO terms.
-
-    ``format=png`` (one image) returns the image with the boxes drawn instead.
-    """
-    row = await run_in_threadpool(_model_row, sessions, model_id)
-    files, fields = await _read_form(request, settings)
-    options = _options(fields)
-    as_png = fields.get("format", "json") == "png"
-    if as_png and len(files) != 1:
-        raise ApiError(422, "invalid_request", "format=png takes exactly one image")
-    max_bytes = settings.predict_max_file_mb * 1024 * 1024
-    images = []
-    for upload in files:
-        data = await upload.read(max_bytes + 1)
-        name = upload.filename or "file"
-        if len(data) > max_bytes:
-            raise ApiError(413, "too_large", f"{name} exceeds {max_bytes} bytes")
-        # Decoding takes milliseconds to seconds: off the event loop.
-        images.append(
-            await run_in_threadpool(
-                decode_upload, name, data, max_pixels=settings.predict_max_pixels
-            )
-        )
-    try:
-        runner = await run_in_threadpool(
-            cache.get, row.id, Path(row.weights_path), row.weights_bytes
-        )
-    except (ModelFileError, FileNotFoundError):  # deleted while this request was arriving
-        raise ApiError(404, "not_found", f"model {model_id!r} not found") from None
-    try:
-        future = runner.submit(images, options)  # checks the options against these images
-    except Overloaded as exc:
-        raise ApiError(
-            503, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after_s)}
-        ) from None
-    except ValueError as exc:  # options naming classes the model lacks
-        raise ApiError(422, "invalid_request", str(exc)) from None
-    results = await asyncio.wrap_future(future)
-    if as_png:
-        return Response(render_png(images[0], results[0]), media_type="image/png")
-    return PredictPublic(
-        model_id=row.id,
-        images=[
-            ImageDetections(
-                file=upload.filename or "file",
-                width=int(image.shape[-1]),
-                height=int(image.shape[-2]),
-                detections=[Detection.model_validate(d.model_dump()) for d in dets],
-            )
-            for upload, image, dets in zip(files, images, results, strict=True)
-        ],
-    )
-
-
-async def _read_form(
-    request: Request, settings: Settings
-) -> tuple[list[UploadFile], dict[str, str]]:
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ApiError(415, "unsupported_media_type", "send images as multipart/form-data")
-    try:
-        form = await request.form(max_files=settings.predict_max_files, max_fields=16)
-    except HTTPException as exc:  # Starlette's multipart limits
-        raise ApiError(413, "too_many_files", str(exc.detail)) from None
-    files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
-    if not files:
-        raise ApiError(422, "invalid_request", "multipart field 'files' (one or more images)")
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    return files, fields
-
-
-def _options(fields: dict[str, str]) -> PredictOptions:
-    raw: dict[str, Any] = {k: fields[k] for k in (*_OPTION_FIELDS, "tile_overlap") if k in fields}
-    if "class_ids" in raw:
-        raw["class_ids"] = [c.strip() for c in raw["class_ids"].split(",") if c.strip()]
-    try:
-        return PredictOptions.model_validate(raw)
-    except ValidationError as exc:
-        details = validation_details(exc)
-        raise ApiError(422, "invalid_request", "invalid prediction options", details) from None
 
 
 @router.post(
@@ -291,7 +154,7 @@ async def export(
 @router.get(
     "/{model_id}/export/onnx",
     response_class=FileResponse,
-    responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
+    responses=_DOWNLOAD,
 )
 def download_export(
     model_id: ModelIdPath, session: ReadSessionDep, storage: StorageDep

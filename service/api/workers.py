@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from service.api.deps import ReadSessionDep, SettingsDep
 from service.schemas import ErrorBody, WorkerPublic, WorkersPublic
-from service.settings import Settings
 from service.store import repo
+from service.store.liveness import alive_since
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}}
-
-
-def alive_since(settings: Settings) -> datetime:
-    """Workers seen since then count as alive."""
-    return datetime.now(UTC) - timedelta(seconds=settings.worker_stale_s)
 
 
 @router.get("", response_model=WorkersPublic, responses=_ERRORS)
@@ -31,7 +26,7 @@ def list_workers(
     """Live workers (seen within ``RETINANET_WORKER_STALE_S``), or all ever seen with
     ``stale=true``. ``max_devices`` is the biggest job some live worker would claim: a job
     asking for more stays queued until such a worker comes."""
-    cutoff = alive_since(settings)
+    cutoff = alive_since(datetime.now(UTC), settings.worker_stale_s)
     rows = repo.list_workers(session, seen_since=None if stale else cutoff)
     data = [
         WorkerPublic(

@@ -123,7 +123,8 @@ def big_image_upload(width: int, height: int) -> Build:
 
 def register(**body: Any) -> Build:
     full = {"name": "x", "annotations": "ds/annotations.json", "images": "ds/images", **body}
-    return lambda env: ("POST", "/v1/datasets", {"headers": JSON, "content": json.dumps(full)})
+    path = "/v1/datasets/register"
+    return lambda env: ("POST", path, {"headers": JSON, "content": json.dumps(full)})
 
 
 def raw_body(path: str, body: bytes | str, content_type: str = "application/json") -> Build:

@@ -165,18 +165,20 @@ def test_register_folder_only_under_the_root(
         )
     (folder / "instances.json").write_text(json.dumps(data))
     ok = client.post(
-        "/v1/datasets",
+        "/v1/datasets/register",
         headers=AUTH,
         json={"name": "cells", "annotations": "cells/instances.json", "images": "cells/images"},
     )
     assert ok.status_code == 201 and ok.json()["source"] == "folder"
     outside = client.post(
-        "/v1/datasets",
+        "/v1/datasets/register",
         headers=AUTH,
         json={"name": "x", "annotations": "../../etc/passwd", "images": "cells/images"},
     )
     assert outside.status_code == 403 and outside.json()["error"]["code"] == "path_not_allowed"
-    bad_type = client.post("/v1/datasets", headers=AUTH, json={"name": 3, "annotations": "a"})
+    bad_type = client.post(
+        "/v1/datasets/register", headers=AUTH, json={"name": 3, "annotations": "a"}
+    )
     assert bad_type.status_code == 422 and bad_type.json()["error"]["code"] == "invalid_request"
     text = client.post(
         "/v1/datasets", headers={**AUTH, "Content-Type": "text/plain"}, content=b"hi"
@@ -275,3 +277,10 @@ def test_workers_lists_the_live_ones_with_their_devices_and_jobs(
         alone["id"]: True,
     }
     assert client.get("/v1/workers").status_code == 401
+
+
+def test_a_405_allows_every_method_of_the_path(client: TestClient) -> None:
+    # /v1/models/{id} is two routes (GET, DELETE): Starlette's own 405 named only the first.
+    response = client.put("/v1/models/some-id", headers=AUTH)
+    assert response.status_code == 405 and response.headers["allow"] == "DELETE, GET"
+    assert response.json()["error"]["code"] == "method_not_allowed"

@@ -33,7 +33,7 @@ from service.settings import Settings, hash_key
 from service.storage import Storage
 from service.store import repo
 from service.store.db import make_engine, session_factory
-from service.worker.child import EXIT_OK
+from service.worker.exits import EXIT_OK
 from service.worker.loop import Worker
 from tests.trained import TrainedRun
 
@@ -71,7 +71,7 @@ def _succeeded_job(client: TestClient, settings: Settings, trained_run: TrainedR
             "annotations": f"annotations/instances_{split}.json",
             "images": "images",
         }
-        response = client.post("/v1/datasets", headers=AUTH, json=body)
+        response = client.post("/v1/datasets/register", headers=AUTH, json=body)
         assert response.status_code == 201, response.text
         ids.append(response.json()["id"])
     job = client.post(
@@ -105,8 +105,10 @@ def _files(paths: list[Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
 
 
-def _predict(client: TestClient, model_id: str, files: Any, **fields: Any) -> Any:
-    return client.post(f"/v1/models/{model_id}/predict", headers=AUTH, files=files, data=fields)
+def _predict(
+    client: TestClient, model_id: str, files: Any, path: str = "predict", **fields: Any
+) -> Any:
+    return client.post(f"/v1/models/{model_id}/{path}", headers=AUTH, files=files, data=fields)
 
 
 def test_model_card_and_weights(client: TestClient, model: dict[str, Any], tmp_path: Path) -> None:
@@ -178,14 +180,14 @@ def test_options_filter_as_they_say(
         assert b["detections"] == [
             d for d in a["detections"] if d["score"] >= (thresholds[d["category_id"]] or 0.05)
         ]
-    png = _predict(client, model["id"], files[:1], format="png")
+    png = _predict(client, model["id"], files[:1], path="predict/png")
     assert png.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(png.content)).size == (96, 96)
     for fields, code in (
         ({"class_ids": "9"}, "invalid_request"),
         ({"score_threshold": "high"}, "invalid_request"),
         ({"nms_iou": "2"}, "invalid_request"),
-        ({"format": "png"}, "invalid_request"),  # two images
+        ({"path": "predict/png"}, "invalid_request"),  # two images
     ):
         response = _predict(client, model["id"], files, **fields)
         assert response.status_code == 422 and response.json()["error"]["code"] == code, fields

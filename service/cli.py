@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import signal
-import sys
 from collections.abc import Sequence
 
-from detector import cli as detector_cli
+from detector import cli_main
+from service.logs import configure_logging
 from service.settings import Settings, hash_key
 
 KEEP_ALIVE_S = 30
@@ -88,16 +86,8 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def configure_logging() -> None:
-    """Log lines to stderr at ``RETINANET_LOG_LEVEL`` (default INFO)."""
-    level = os.environ.get("RETINANET_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return detector_cli.main(argv, extra=add_commands)
+    return cli_main(argv, extra=add_commands)
 
 
 if __name__ == "__main__":

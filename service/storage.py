@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from detector import test_metrics_file
+
 LEFTOVER_AGE_S = 3600.0
 """Staging folders and temporary exports older than this are a crashed request's leftovers:
 no live request keeps one that long (a body is received in full before its staging folder is
@@ -35,7 +37,12 @@ class Storage:
         return self.job_dir(job_id) / "model.safetensors"
 
     def test_metrics_file(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / "metrics_test.json"
+        """The job's test-set metrics; where ``detector.finalize`` writes them."""
+        return test_metrics_file(self.job_dir(job_id))
+
+    def error_file(self, job_id: str) -> Path:
+        """Why the job's last attempt failed, in the child's words (absent: it did not)."""
+        return self.job_dir(job_id) / "error.txt"
 
     def export_file(self, model_id: str, fmt: str) -> Path:
         return self.root / "models" / model_id / f"model.{fmt}"

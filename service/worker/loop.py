@@ -24,27 +24,24 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from detector import local_devices, read_card, sha256_file
+from service.clock import now
 from service.settings import Settings
 from service.storage import Storage
 from service.store import repo
 from service.store.db import make_engine, migrate, session_factory
 from service.store.retry import StoreUnavailableError, in_transaction, with_retry
-from service.worker.child import EXIT_FENCED, EXIT_OK, EXIT_STOPPED, run_child
+from service.worker.child import run_child
+from service.worker.outcome import Outcome, outcome
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_worker_id() -> str:
@@ -181,8 +178,9 @@ class Worker:
     def _settle(self, claim: repo.Claim, exitcode: int | None, *, cancelled: bool) -> None:
         """Turn the child's exit into the job's next state (all writes fenced)."""
         job_id, t = claim.job_id, now()
+        next_state = outcome(exitcode, cancelled=cancelled)
         model, model_error = None, None
-        if exitcode == EXIT_OK and not cancelled:
+        if next_state is Outcome.SUCCEED:
             try:  # read and hash the file before the write transaction, not inside it
                 model = self._model_facts(job_id)
             except Exception as exc:
@@ -190,46 +188,32 @@ class Worker:
                 model_error = f"training finished but its model cannot be registered: {exc}"
 
         def write(session: Session) -> None:
-            self._write_outcome(session, claim, exitcode, cancelled, model, model_error, t)
+            fence: dict[str, Any] = {"job_id": job_id, "token": claim.token, "now": t}
+            if next_state is Outcome.SUCCEED and model is not None:
+                if repo.finish_job(session, status="succeeded", **fence):
+                    self._register_model(session, job_id, model, t)
+            elif next_state is Outcome.SUCCEED:
+                repo.finish_job(session, status="failed", error=model_error, **fence)
+            elif next_state is Outcome.CANCEL:
+                repo.finish_job(session, status="cancelled", **fence)
+            elif next_state is Outcome.FAIL:
+                error = (
+                    self._error_text(job_id)
+                    or f"training failed (exit code {exitcode}); see the job log"
+                )
+                repo.finish_job(session, status="failed", error=error, **fence)
+            elif next_state is Outcome.RELEASE:
+                repo.release_job(session, **fence)
+            elif next_state is Outcome.RETRY:
+                cause = f"training process killed by signal {-(exitcode or 0)}"
+                repo.retry_job(session, cause=cause, **fence)
+            # Outcome.LEAVE: the job is another attempt's now; nothing to write.
 
         try:
             self._store(f"job {job_id}: outcome", write, deadline=self._lease_deadline())
         except StoreUnavailableError:
             # Its lease runs out; the next claim settles the job as an abnormal end.
             log.exception("job %s: cannot record the outcome of the attempt", job_id)
-
-    def _write_outcome(
-        self,
-        session: Session,
-        claim: repo.Claim,
-        exitcode: int | None,
-        cancelled: bool,
-        model: dict[str, Any] | None,
-        model_error: str | None,
-        t: datetime,
-    ) -> None:
-        """The job's next state for the child's exit code (every write fenced by the token)."""
-        fence: dict[str, Any] = {"job_id": claim.job_id, "token": claim.token, "now": t}
-        if cancelled and exitcode in (EXIT_OK, EXIT_STOPPED):
-            repo.finish_job(session, status="cancelled", **fence)
-        elif exitcode == EXIT_OK and model is not None:
-            if repo.finish_job(session, status="succeeded", **fence):
-                self._register_model(session, claim.job_id, model, t)
-        elif exitcode == EXIT_OK:
-            repo.finish_job(session, status="failed", error=model_error, **fence)
-        elif exitcode == EXIT_STOPPED:
-            repo.release_job(session, **fence)
-        elif exitcode == EXIT_FENCED:
-            pass
-        elif exitcode is not None and exitcode > 0:
-            error = (
-                self._error_text(claim.job_id)
-                or f"training failed (exit code {exitcode}); see the job log"
-            )
-            repo.finish_job(session, status="failed", error=error, **fence)
-        else:  # killed by a signal (OOM killer, SIGKILL): resume from the last checkpoint
-            cause = f"training process killed by signal {-(exitcode or 0)}"
-            repo.retry_job(session, cause=cause, **fence)
 
     def _register_model(
         self, session: Session, job_id: str, model: dict[str, Any], t: datetime
@@ -263,5 +247,5 @@ class Worker:
         }
 
     def _error_text(self, job_id: str) -> str | None:
-        path: Path = self.storage.job_dir(job_id) / "error.txt"
+        path = self.storage.error_file(job_id)
         return path.read_text() if path.exists() else None

@@ -1,11 +1,10 @@
 """A data-parallel job: one process per device, started and watched by the job's child.
 
-The ranks get torchrun's environment contract (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
-``MASTER_ADDR``, ``MASTER_PORT``), so the detector's training runs exactly as under
-``torchrun``. The child launches them itself rather than through torchrun because the worker
-needs what torchrun's agent hides: each rank's exit code (a deterministic failure is not
-retried, a killed process is) and a SIGTERM that reaches every rank at once so that rank 0
-checkpoints before they exit together.
+The ranks get torchrun's environment contract (``detector.rank_environment``), so the
+detector's training runs exactly as under ``torchrun``. The child launches them itself rather
+than through torchrun because the worker needs what torchrun's agent hides: each rank's exit
+code (a deterministic failure is not retried, a killed process is) and a SIGTERM that reaches
+every rank at once so that rank 0 checkpoints before they exit together.
 """
 
 from __future__ import annotations
@@ -14,32 +13,28 @@ import multiprocessing
 import os
 import signal
 import socket
-from pathlib import Path
 
+from detector import rank_environment
 from service.settings import Settings
-from service.worker.child import (
+from service.worker.attempt import train_job
+from service.worker.exits import (
     EXIT_FAILED,
     EXIT_FENCED,
     EXIT_OK,
     EXIT_STOPPED,
+    KILLED,
     die_with_parent,
-    train_job,
 )
 
-KILLED = -1
-"""Some rank died by a signal (out of memory, say): retry the attempt from the checkpoint."""
 
-
-def launch_ranks(
-    settings: Settings, job_id: str, token: int, *, devices: int, test: tuple[Path, Path] | None
-) -> int:
+def launch_ranks(settings: Settings, job_id: str, token: int, *, devices: int) -> int:
     """Run ``devices`` ranks of the job; returns the attempt's exit code, or ``KILLED``."""
     port = _free_port()
     ctx = multiprocessing.get_context("spawn")
     ranks = [
         ctx.Process(
             target=_rank_main,
-            args=(settings, job_id, token, test, rank, devices, port),
+            args=(settings, job_id, token, rank, devices, port),
             name=f"job-{job_id}-rank{rank}",
         )
         for rank in range(devices)
@@ -87,20 +82,13 @@ def _rank_main(
     settings: Settings,
     job_id: str,
     token: int,
-    test: tuple[Path, Path] | None,
     rank: int,
     world_size: int,
     port: int,
 ) -> None:
     die_with_parent()
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    os._exit(train_job(settings, job_id, token, test=test))
+    os.environ.update(rank_environment(rank=rank, world_size=world_size, port=port))
+    os._exit(train_job(settings, job_id, token))
 
 
 def _free_port() -> int:

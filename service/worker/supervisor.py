@@ -16,17 +16,20 @@ import multiprocessing
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Final
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.clock import now
+from service.logs import configure_logging
 from service.settings import Settings
 from service.store import repo
 from service.store.db import make_engine, session_factory
 from service.store.retry import StoreUnavailableError, in_transaction
+from service.worker.exits import die_with_parent
+from service.worker.loop import Worker, new_worker_id
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,6 @@ _TICK_S: Final = 0.5
 
 def run_worker(settings: Settings, worker_id: str | None = None) -> None:
     """A worker process's entry point (``retinanet worker``, or a supervised worker)."""
-    from service.cli import configure_logging
-    from service.worker.child import die_with_parent
-    from service.worker.loop import Worker
-
     configure_logging()
     if multiprocessing.parent_process() is not None:  # started by `serve`: end with it
         die_with_parent()
@@ -121,8 +120,6 @@ class Supervisor:
             self._spawn(slot)
 
     def _spawn(self, slot: _Slot) -> None:
-        from service.worker.loop import new_worker_id
-
         slot.worker_id = new_worker_id()
         slot.process = self._ctx.Process(
             target=run_worker, args=(self.settings, slot.worker_id), name=f"worker-{slot.index}"
@@ -136,9 +133,7 @@ class Supervisor:
         cause = f"worker process died (exit code {exitcode})"
 
         def end(session: Session) -> list[str]:
-            return repo.worker_gone(
-                session, worker_id=worker_id, cause=cause, now=datetime.now(UTC)
-            )
+            return repo.worker_gone(session, worker_id=worker_id, cause=cause, now=now())
 
         try:
             released = in_transaction(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.worker.child import EXIT_FAILED, EXIT_FENCED, EXIT_OK, EXIT_STOPPED
-from service.worker.ranks import KILLED, merge
+from service.worker.exits import EXIT_FAILED, EXIT_FENCED, EXIT_OK, EXIT_STOPPED, KILLED
+from service.worker.ranks import merge
 
 
 def test_a_rank_killed_by_a_signal_means_retry_even_when_its_peers_then_fail() -> None:

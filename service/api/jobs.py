@@ -40,6 +40,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 from service.store import liveness, repo
+from service.store.job_datasets import check_job_datasets
 from service.store.tables import FINAL_STATUSES, Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -100,7 +101,12 @@ def create_job(
             422, "unknown_recipe", f"no recipe {body.recipe!r}; available: {', '.join(names)}"
         )
     cfg = load_recipe(recipe_file, body.overrides, update=body.recipe_overrides)
-    _check_datasets(session, body, cfg.loss.alpha)
+    check_job_datasets(
+        session,
+        train_id=body.train_dataset_id,
+        others={"val": body.val_dataset_id, "test": body.test_dataset_id},
+        alpha=cfg.loss.alpha,
+    )
     job, created = repo.create_job(
         session,
         recipe=cfg.model_dump(mode="json"),
@@ -120,28 +126,6 @@ def create_job(
     if not created:
         response.status_code = status.HTTP_200_OK
     return public
-
-
-def _check_datasets(session: Session, body: JobCreate, alpha: object) -> None:
-    """Refuse now what would fail in the worker: mismatched classes, a wrong alpha length."""
-    train = repo.get_dataset(session, body.train_dataset_id)
-    for role, other_id in (("val", body.val_dataset_id), ("test", body.test_dataset_id)):
-        if (
-            other_id is not None
-            and repo.get_dataset(session, other_id).categories != train.categories
-        ):
-            raise ApiError(
-                422,
-                "category_mismatch",
-                f"the {role} dataset's categories differ from the training set's",
-            )
-    if isinstance(alpha, tuple) and len(alpha) != len(train.categories):
-        raise ApiError(
-            422,
-            "invalid_recipe",
-            f"loss.alpha has {len(alpha)} values but the dataset has "
-            f"{len(train.categories)} classes",
-        )
 
 
 @router.get("", response_model=JobsPublic, responses=_ERRORS)

@@ -284,3 +284,21 @@ def test_a_405_allows_every_method_of_the_path(client: TestClient) -> None:
     response = client.put("/v1/models/some-id", headers=AUTH)
     assert response.status_code == 405 and response.headers["allow"] == "DELETE, GET"
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_job_whose_datasets_do_not_fit_is_refused_at_creation(
+    client: TestClient, coco: tuple[dict[str, Any], Path]
+) -> None:
+    data, images = coco
+    train = _upload(client, _zip(data, images)).json()
+    renamed = {**data, "categories": [{**c, "name": c["name"] + "x"} for c in data["categories"]]}
+    other = _upload(client, _zip(renamed, images), name="other").json()
+    body = {"train_dataset_id": train["id"], "val_dataset_id": other["id"]}
+    mismatch = client.post("/v1/jobs", headers=AUTH, json=body)
+    assert mismatch.status_code == 422 and mismatch.json()["error"]["code"] == "category_mismatch"
+    alpha = {"train_dataset_id": train["id"], "overrides": ["loss.alpha=[0.25, 0.25]"]}
+    wrong = client.post("/v1/jobs", headers=AUTH, json=alpha)
+    assert wrong.status_code == 422 and wrong.json()["error"]["code"] == "invalid_recipe", (
+        wrong.text
+    )
+    assert "loss.alpha has 2 values" in wrong.json()["error"]["message"]

@@ -31,7 +31,7 @@ import tempfile
 import time
 import zipfile
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,7 +188,9 @@ async def prepare(client: httpx.AsyncClient, archive: bytes, want_model: bool) -
     return ids
 
 
-async def post_job(client: httpx.AsyncClient, dataset_id: str, overrides: dict[str, object]) -> str:
+async def post_job(
+    client: httpx.AsyncClient, dataset_id: str, overrides: Mapping[str, object]
+) -> str:
     body = {
         "train_dataset_id": dataset_id,
         "recipe": "shapes_tiny",

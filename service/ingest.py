@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import NoReturn
 
-from detector.data.images import is_clean_text, is_file_name
+from detector import is_clean_text, is_file_name
 from service.refusal import NotAllowed, Refusal, TooLarge
 
 _COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}

@@ -15,9 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import UploadFile
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from detector import DetectionOut, PredictOptions, ValidationReport
-from detector.config import check_nesting
-from detector.data.images import is_clean_text
+from detector import DetectionOut, PredictOptions, ValidationReport, check_nesting, is_clean_text
 
 # The store's definition, re-exported (``as``) for the API's schemas and routes.
 from service.store.tables import EventKind

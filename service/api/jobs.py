@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
@@ -26,6 +25,7 @@ from service.api.deps import (
     SettingsDep,
     StorageDep,
 )
+from service.clock import now
 from service.errors import ApiError
 from service.schemas import (
     DB_INT_MAX,
@@ -46,10 +46,6 @@ from service.store.tables import FINAL_STATUSES, Job
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def to_public(job: Job, capacity: int | None) -> JobPublic:

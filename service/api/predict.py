@@ -17,8 +17,7 @@ from fastapi import APIRouter, Depends, Form, Response
 from fastapi.concurrency import run_in_threadpool
 from torch import Tensor
 
-from detector import DetectionOut, ModelFileError
-from detector.draw import render_png
+from detector import DetectionOut, ModelFileError, render_png
 from service.api.deps import (
     ModelCacheDep,
     ModelIdPath,

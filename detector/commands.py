@@ -223,8 +223,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if stopper.received is not None:
         # A preempted run is not a finished one: exit as the signal would have, once saved.
         if result.rank == 0:
+            # Not result.stop_reason: under DDP the stop may have been agreed from another
+            # rank's signal before this rank's arrived, which leaves this rank no reason.
             print(
-                f"{result.stop_reason} after iteration {result.iterations}; "
+                f"stopped by {stopper.received.name} after iteration {result.iterations}; "
                 f"{last_checkpoint(args.out)} saved, continue with --resume",
                 file=sys.stderr,
             )

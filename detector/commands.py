@@ -295,7 +295,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ExportMismatchError as exc:
         raise CliError(f"export refused: {exc}") from None
     print(f"wrote {export.path} (input {export.input_size[0]}x{export.input_size[1]})")
-    print(export.report.summary())
+    print(export.report.summary)
     return EXIT_OK
 
 

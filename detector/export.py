@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 from torch import Tensor
 from torchvision import tv_tensors
 
@@ -43,7 +43,7 @@ class ExportMismatchError(ValueError):
     """onnxruntime's detections differ from PyTorch's beyond the tolerances."""
 
     def __init__(self, report: ParityReport) -> None:
-        super().__init__(report.summary())
+        super().__init__(report.summary)
         self.report = report
 
 
@@ -65,8 +65,10 @@ class ParityReport(BaseModel):
     box_atol_px: float = BOX_ATOL_PX
     score_atol: float = SCORE_ATOL
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def ok(self) -> bool:
+        """Every detection matched within the tolerances (borderline ones aside)."""
         unmatched = self.torch_detections + self.onnx_detections - 2 * self.matched
         return (
             unmatched == self.borderline
@@ -74,7 +76,10 @@ class ParityReport(BaseModel):
             and self.max_score_diff <= self.score_atol
         )
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
     def summary(self) -> str:
+        """The verdict in one sentence."""
         verdict = "agree" if self.ok else "DISAGREE"
         borderline = f" (+{self.borderline} at the threshold or cap)" if self.borderline else ""
         return (

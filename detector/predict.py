@@ -63,9 +63,11 @@ class PredictOptions(BaseModel):
     set (the recipe's ``score_thresh`` for a class that has none)."""
     nms_iou: Annotated[float, Field(gt=0, le=1)] | None = None
     max_detections: Annotated[int, Field(gt=0, le=10_000)] | None = None
-    class_ids: tuple[int, ...] | None = None
+    class_ids: Annotated[tuple[int, ...], Field(max_length=10_000)] | None = None
     """Keep only these COCO category ids (None: all)."""
-    tile_size: Annotated[int, Field(ge=64)] | None = None
+    # A tile is detected at the model's evaluation scale: beyond 8192 px per side a "tile" is
+    # no tiling at all for any image the service accepts (RETINANET_PREDICT_MAX_PIXELS).
+    tile_size: Annotated[int, Field(ge=64, le=8192)] | None = None
     """Cut images larger than this (pixels, each side) into overlapping square tiles, detect
     on each at the model's evaluation scale, and merge with NMS."""
     tile_overlap: Annotated[float, Field(ge=0, le=0.75)] = 0.25

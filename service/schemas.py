@@ -15,7 +15,16 @@ from typing import Annotated, Any, Literal
 from fastapi import UploadFile
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from detector import DetectionOut, PredictOptions, ValidationReport, check_nesting, is_clean_text
+from detector import (
+    CocoMetrics,
+    DetectionOut,
+    ParityReport,
+    PredictOptions,
+    TrainConfig,
+    ValidationReport,
+    check_nesting,
+    is_clean_text,
+)
 
 # The store's definition, re-exported (``as``) for the API's schemas and routes.
 from service.store.tables import EventKind
@@ -43,12 +52,6 @@ class _Body(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-class ErrorDetail(_Body):
-    code: str
-    message: str
-    details: Any = None
-
-
 class Readiness(_Body):
     """``/health``'s answer; on 503, ``database`` or ``worker_last_seen_s`` says why."""
 
@@ -57,12 +60,6 @@ class Readiness(_Body):
     worker_last_seen_s: float | None = Field(
         default=None, description="seconds since a worker was seen (None: never)"
     )
-
-
-class ErrorBody(_Body):
-    """Every error response: ``{"error": {"code", "message", "details"}}``."""
-
-    error: ErrorDetail
 
 
 class DatasetRegister(_Body):
@@ -100,6 +97,37 @@ class DatasetReport(ValidationReport):
             "annotations_path": annotations.relative_to(base).as_posix(),
             "image_dir": images.relative_to(base).as_posix() or ".",
         }
+
+
+class FieldError(_Body):
+    """One problem of a malformed request: where it is and what is wrong."""
+
+    loc: list[str | int] = Field(description='where: e.g. ["body", "overrides", 0]')
+    message: str
+    type: str = Field(description="pydantic's error type, e.g. missing, greater_than_equal")
+
+
+class ArchiveEntry(_Body):
+    """The zip entry an archive refusal is about (None: the archive as a whole)."""
+
+    entry: str | None
+
+
+class ErrorDetail(_Body):
+    code: str = Field(description="stable, for programs: not_found, invalid_request, ...")
+    message: str = Field(description="for people")
+    details: list[FieldError] | DatasetReport | ParityReport | ArchiveEntry | None = Field(
+        default=None,
+        description="what was refused, by code: invalid_request: the fields; invalid_dataset:"
+        " the validation report; export_mismatch: the parity report; invalid_archive,"
+        " unsafe_archive...: the entry; otherwise none",
+    )
+
+
+class ErrorBody(_Body):
+    """Every error response: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorDetail
 
 
 class Category(_Body):
@@ -181,7 +209,7 @@ class JobPublic(_Body):
         default=None,
         description="why a queued job has not started: no live worker, or none with its devices",
     )
-    recipe: dict[str, Any]
+    recipe: TrainConfig = Field(description="the resolved recipe the job trains")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -205,14 +233,14 @@ class EpochMetrics(_Body):
     iteration: int
     train_losses: dict[str, float]
     val_losses: dict[str, float] | None
-    metrics: dict[str, Any] | None = Field(description="COCO metrics as the detector returns them")
+    metrics: CocoMetrics | None = Field(description="validation COCO metrics (None: not evaluated)")
 
 
 class MetricsPublic(_Body):
     job_id: str
     status: JobStatus
-    latest: dict[str, Any] | None = Field(description="the last validation COCO metrics")
-    test: dict[str, Any] | None = Field(description="test-set COCO metrics of the best checkpoint")
+    latest: CocoMetrics | None = Field(description="the last validation COCO metrics")
+    test: CocoMetrics | None = Field(description="test-set COCO metrics of the best checkpoint")
     history: list[EpochMetrics]
 
 
@@ -229,8 +257,8 @@ class ModelPublic(_Body):
     name: str
     job_id: str | None
     classes: list[ModelClass]
-    recipe: dict[str, Any]
-    metrics: dict[str, Any] | None = Field(description="COCO metrics (see metrics_split)")
+    recipe: TrainConfig = Field(description="the recipe the model was trained with")
+    metrics: CocoMetrics | None = Field(description="COCO metrics (see metrics_split)")
     metrics_split: Literal["test", "val"] | None
     weights_sha256: str
     weights_bytes: int
@@ -280,7 +308,7 @@ class ExportPublic(_Body):
     input_size: tuple[int, int]
     sha256: str
     bytes: int
-    parity: dict[str, Any] = Field(description="onnxruntime vs PyTorch on sample images")
+    parity: ParityReport = Field(description="onnxruntime vs PyTorch on sample images")
     download: str = Field(description="GET this path for the file")
 
 

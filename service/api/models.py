@@ -146,7 +146,7 @@ async def export(
         input_size=result.input_size,
         sha256=sha256_file(out),
         bytes=out.stat().st_size,
-        parity={**result.report.model_dump(mode="json"), "summary": result.report.summary()},
+        parity=result.report,
         download=f"/v1/models/{model_id}/export/{body.format}",
     )
 

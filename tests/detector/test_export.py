@@ -28,7 +28,7 @@ def test_onnx_export_agrees_with_pytorch_and_a_tampered_one_is_refused(
     export = export_onnx(predictor, out, sample_images=images)
     assert out.is_file() and export.input_size == (96, 96)
     report = export.report
-    assert report.ok and report.torch_detections > 0, report.summary()
+    assert report.ok and report.torch_detections > 0, report.summary
     assert report.max_box_diff_px <= 0.5 and report.max_score_diff <= 1e-3
     runner = OnnxRunner(out)
     assert [c["name"] for c in runner.metadata["classes"]] == ["circle", "square", "triangle"]
@@ -46,7 +46,7 @@ def test_onnx_export_agrees_with_pytorch_and_a_tampered_one_is_refused(
     tampered = tmp_path / "tampered.onnx"
     onnx.save(model, str(tampered))
     bad = check_parity(predictor, tampered, images)
-    assert not bad.ok and "DISAGREE" in bad.summary()
+    assert not bad.ok and "DISAGREE" in bad.summary
 
 
 def test_export_refuses_what_it_cannot_check(trained_run: TrainedRun, tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 that runs offline) drives the whole loop against a real server, and agrees with the
 hand-written ``service.client.Client`` on every call: upload, job create and its replay, get,
 events, metrics, logs, cancel, model get, predict (JSON and PNG), weights download, export.
-Every error answer it meets parses into its documented type (``ErrorBody``)."""
+Every error answer it meets parses into its documented type (``ErrorBody``, its ``details``
+typed by code), and recipes, metrics and parity reports into their models."""
 
 from __future__ import annotations
 
@@ -188,6 +189,7 @@ def test_the_generated_client_drives_the_loop(
         agree(g("datasets.get_dataset", dataset_id=val["id"]), val)
         bad = g("datasets.upload_dataset", body=m.DatasetUpload(file=g.file(b"no", "x.zip", "z")))
         error_agrees(g, bad, 422, lambda: hand._call("POST", "/v1/datasets", files={"file": b"no"}))
+        assert isinstance(bad.error.details, m.ArchiveEntry), bad.error.details  # typed details
 
         # A job, its idempotent replay (200, the same job), and the hand-written replay.
         body = m.JobCreate(train_dataset_id=train.id, val_dataset_id=val["id"])
@@ -203,6 +205,8 @@ def test_the_generated_client_drives_the_loop(
         error_agrees(g, missing, 404, lambda: hand.job("no-such-job"))
         bad_job = g("jobs.create_job", body=m.JobCreate(train_dataset_id="x", devices=0))
         error_agrees(g, bad_job, 422, lambda: hand.create_job(train_dataset_id="x", devices=0))
+        (field,) = bad_job.error.details
+        assert isinstance(field, m.FieldError) and field.loc == ["body", "devices"], field
 
         train_and_settle(served.settings, job.id, served.shapes, served.workdir)
 
@@ -262,6 +266,8 @@ def test_the_generated_client_drives_the_loop(
         )
         exported = g("models.export", model_id=model.id, body=m.ExportRequest())
         assert isinstance(exported, m.ExportPublic), g.raw.content
+        assert exported.parity.ok is True and "agree" in exported.parity.summary
+        assert done.recipe.loss.gamma == hand.job(job.id)["recipe"]["loss"]["gamma"]  # typed
         onnx = g("models.download_export", model_id=model.id)
         assert onnx.payload.read() == hand.download(exported.download, tmp_path / "o").read_bytes()
 

@@ -186,6 +186,7 @@ def test_a_two_by_two_study_with_two_seeds_trains_every_cell_and_tables_their_me
     assert study["id"] in [s["id"] for s in client.studies()["data"]]
 
 
+@pytest.mark.slow
 def test_retinanet_study_runs_the_grid_here_and_prints_the_same_table(
     shapes: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,12 +14,19 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from detector import fit, last_checkpoint
 from detector.data.shapes import ShapesSpec, make_shapes_splits
 from service.cli import main
 from service.client import ApiClientError, Client
-from tests.trained import CONFIGS
+from service.store import repo
+from service.store import studies as store
+from service.store.db import make_engine, migrate, session_factory
+from service.store.leases import add_event
+from service.worker.events import DbEvents
+from tests.trained import CONFIGS, shapes_recipe
 
 from .e2e_support import API_KEY, DEADLINE_S, free_port, start, up, wait_for
+from .store_support import add_dataset, at
 
 # Two epochs of one iteration at 64 px, scored after each: the least that trains and scores
 # (so that best epoch and mean differ from the last epoch's).
@@ -213,3 +220,50 @@ def test_retinanet_study_runs_the_grid_here_and_prints_the_same_table(
     assert "loss.gamma=0" in capsys.readouterr().out
     bad = main([*args[:3], "loss.gama=1", *args[4:]])
     assert bad != 0 and "loss.gama" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_training_behind_the_median_at_the_pruning_epoch_is_asked_to_stop(
+    shapes: dict[str, Path], tmp_path: Path
+) -> None:
+    """The worker's events callback on a real training run applies the study's median rule:
+    two peers recorded AP 1.0 at epoch 1 (no tiny model reaches it), so the job is pruned."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate(url)
+    engine = make_engine(url)
+    try:
+        factory = session_factory(engine)
+        train = add_dataset(factory)
+        with factory.begin() as session:
+            study, _ = store.create_study(
+                session, name=None, spec={"pruning": {"epoch": 1, "min_peers": 2}},
+                cells=[{"values": {"loss.gamma": g}, "baseline": False} for g in (0, 1, 2)],
+                jobs=[store.StudyJob(cell=i, seed=0, recipe={}, name=None) for i in range(3)],
+                job_fields={"train_dataset_id": train, "max_attempts": 3}, tags=[],
+                idempotency_key=None, request_hash=None, now=at(0),
+            )  # fmt: skip
+            ids = [c["jobs"][0]["id"] for c in study.cells]
+        claim = repo.claim_next_job(factory, worker_id="w", lease_s=600, now=at(2))
+        assert claim is not None and claim.job_id in ids
+        with factory.begin() as session:
+            for peer in set(ids) - {claim.job_id}:
+                metrics = {"summary": {"AP": 1.0}, "per_class": []}
+                add_event(session, peer, "epoch", {"epoch": 1, "metrics": metrics}, at(1))
+        workdir = tmp_path / "run"
+        events = DbEvents(
+            sessions=factory, job_id=claim.job_id, token=claim.token, lease_s=600,
+            last_checkpoint=last_checkpoint(workdir),
+        )  # fmt: skip
+        root = shapes["images"].parent
+        size = ["data.train_min_sizes=[64]", "data.eval_min_size=64", "data.max_size=64"]
+        budget = ["solver.epochs=1", "solver.steps=[]", "solver.warmup_iters=1"]
+        cfg = shapes_recipe(root, *size, *budget, "solver.batch_size=4", "data.num_workers=0")
+        fit(cfg, workdir, callbacks=[events])
+        with factory() as session:
+            job = repo.get_job(session, claim.job_id)
+            assert job.cancel_requested, "the worker stops it at its next heartbeat"
+            assert job.cancel_reason is not None
+            assert job.cancel_reason.startswith("pruned at epoch 1: AP ")
+            assert "below the median 1.0000 of 2 other jobs" in job.cancel_reason
+    finally:
+        engine.dispose()

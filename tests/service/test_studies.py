@@ -1,5 +1,6 @@
-"""Studies over real HTTP: a real server process, a real worker training every cell for real
-on tiny shapes, and the table checked against each job's own metrics."""
+"""Studies over real HTTP: a real server process, real workers training every cell for real
+on tiny shapes, and the table checked against each job's own metrics; the same study run
+locally by ``retinanet study``; the median rule stopping a real training run."""
 
 from __future__ import annotations
 

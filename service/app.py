@@ -11,7 +11,7 @@ from anyio import to_thread
 from fastapi import Depends, FastAPI
 
 from detector import Predictor
-from service.api import datasets, health, jobs, models, predict, workers
+from service.api import datasets, health, jobs, models, predict, studies, workers
 from service.api.deps import require_api_key
 from service.api.limits import BodyLimits
 from service.api.openapi import install_openapi
@@ -64,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(models.router, dependencies=protected)
     app.include_router(predict.router, dependencies=protected)
     app.include_router(workers.router, dependencies=protected)
+    app.include_router(studies.router, dependencies=protected)
     install_openapi(app, settings)
     return app
 

@@ -1,4 +1,5 @@
-"""The ``retinanet`` command with the service's subcommands: serve, worker, migrate, hash-key."""
+"""The ``retinanet`` command with the service's subcommands: serve, worker, migrate, study,
+hash-key."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 from detector import cli_main
 from service.logs import configure_logging
 from service.settings import Settings, hash_key
+from service.studies.local import add_study_command
 
 KEEP_ALIVE_S = 30
 
@@ -30,6 +32,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser("migrate", help="create or upgrade the database schema, then exit")
     p.set_defaults(handler=cmd_migrate)
+
+    add_study_command(sub)
 
     p = sub.add_parser("hash-key", help="print the digest to put in RETINANET_API_KEY_HASHES")
     p.add_argument("key")

@@ -108,11 +108,20 @@ class Client:
         return dict(self._call("GET", f"/v1/jobs/{job_id}"))
 
     def jobs(
-        self, *, status: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: str | None = None,
+        name: str | None = None,
+        tag: str | None = None,
+        study_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
     ) -> dict[str, Any]:
-        params: dict[str, Any] = {"limit": limit, "offset": offset} | (
-            {"status": status} if status else {}
-        )
+        """A page of jobs; the filters given must all hold."""
+        filters = {"status": status, "name": name, "tag": tag, "study_id": study_id}
+        params: dict[str, Any] = {"limit": limit, "offset": offset} | {
+            k: v for k, v in filters.items() if v is not None
+        }
         return dict(self._call("GET", "/v1/jobs", params=params))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
@@ -156,6 +165,40 @@ class Client:
                 elif not line.startswith(":"):
                     field, _, value = line.partition(":")
                     event[field] = value.removeprefix(" ")
+
+    # -- studies ----------------------------------------------------------------------------
+
+    def create_study(self, *, idempotency_key: str | None = None, **body: Any) -> dict[str, Any]:
+        """``body``: ``base`` (a job's fields), ``grid``, ``seeds``, ``baseline``, ``pruning``..."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return dict(self._call("POST", "/v1/studies", json=body, headers=headers))
+
+    def study(self, study_id: str) -> dict[str, Any]:
+        """The study with its table and verdict."""
+        return dict(self._call("GET", f"/v1/studies/{study_id}"))
+
+    def studies(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        return dict(self._call("GET", "/v1/studies", params={"limit": limit, "offset": offset}))
+
+    def cancel_study(self, study_id: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/v1/studies/{study_id}/cancel"))
+
+    def study_plot(self, study_id: str) -> bytes:
+        """The study's plot as PNG bytes."""
+        return self._checked(self._http.get(f"/v1/studies/{study_id}/plot.png")).content
+
+    def wait_study(
+        self, study_id: str, *, timeout_s: float = 36_000.0, poll_s: float = 2.0
+    ) -> dict[str, Any]:
+        """Poll until every job of the study has ended; returns the study."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            study = self.study(study_id)
+            if study["status"] == "finished":
+                return study
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"study {study_id} still {study['status']} after {timeout_s} s")
+            time.sleep(poll_s)
 
     # -- models -----------------------------------------------------------------------------
 

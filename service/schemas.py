@@ -45,6 +45,11 @@ def _clean(value: str) -> str:
 Text = Annotated[str, AfterValidator(_clean)]
 ResourceId = Annotated[str, Field(pattern=ID_PATTERN)]
 DatasetName = Annotated[Text, Field(min_length=1, max_length=200)]
+LabelName = Annotated[Text, Field(min_length=1, max_length=200)]
+"""A job's or a study's free name (not unique)."""
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:=+\-]{0,63}$"
+Tag = Annotated[str, Field(pattern=TAG_PATTERN, description="letters, digits and _.:=+-")]
+MAX_TAGS = 16
 ServerPath = Annotated[Text, Field(min_length=1, max_length=4096)]
 
 
@@ -180,6 +185,8 @@ class JobCreate(_Body):
         le=64,
         description="processes that train the job together, one per GPU (data-parallel)",
     )
+    name: LabelName | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description="list filters")
 
 
 class Progress(_Body):
@@ -194,6 +201,9 @@ class Progress(_Body):
 
 class JobPublic(_Body):
     id: str
+    name: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    study_id: str | None = Field(default=None, description="the study the job is a cell of")
     status: JobStatus
     priority: int
     devices: int
@@ -205,6 +215,9 @@ class JobPublic(_Body):
     test_dataset_id: str | None
     progress: Progress | None
     error: str | None
+    cancel_reason: str | None = Field(
+        default=None, description="why it was stopped without its user asking (study pruning)"
+    )
     waiting_for: str | None = Field(
         default=None,
         description="why a queued job has not started: no live worker, or none with its devices",

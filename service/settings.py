@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     heartbeat_s: Annotated[float, Field(gt=0)] = 10.0
     poll_s: Annotated[float, Field(gt=0)] = 1.0
     max_attempts: Annotated[int, Field(gt=0)] = 3
+    study_max_jobs: Annotated[int, Field(gt=0)] = 64
+    """The most jobs (cells x seeds) one study may create; beyond, 422."""
     worker_stale_s: Annotated[float, Field(gt=0)] = 120.0
     """/health/ready fails when no worker was seen for this long."""
     worker_devices: Annotated[int, Field(gt=0)] | None = None

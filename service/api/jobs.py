@@ -14,7 +14,6 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse
 
-from detector import load_recipe
 from service.api.deps import (
     JobIdPath,
     PageLimit,
@@ -25,8 +24,8 @@ from service.api.deps import (
     SettingsDep,
     StorageDep,
 )
+from service.api.recipes import resolve_recipe
 from service.clock import now
-from service.errors import ApiError
 from service.schemas import (
     DB_INT_MAX,
     EpochMetrics,
@@ -36,7 +35,10 @@ from service.schemas import (
     JobPublic,
     JobsPublic,
     JobStatus,
+    LabelName,
     MetricsPublic,
+    ResourceId,
+    Tag,
 )
 from service.settings import Settings
 from service.store import liveness, repo
@@ -90,13 +92,7 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JobPublic:
     """Queue a training job; a retry with the same ``Idempotency-Key`` gets the same job (200)."""
-    recipe_file = settings.recipes_dir / f"{body.recipe}.yaml"
-    if not recipe_file.is_file():
-        names = sorted(p.stem for p in settings.recipes_dir.glob("*.yaml"))
-        raise ApiError(
-            422, "unknown_recipe", f"no recipe {body.recipe!r}; available: {', '.join(names)}"
-        )
-    cfg = load_recipe(recipe_file, body.overrides, update=body.recipe_overrides)
+    cfg = resolve_recipe(settings, body.recipe, body.overrides, body.recipe_overrides)
     check_job_datasets(
         session,
         train_id=body.train_dataset_id,
@@ -115,6 +111,8 @@ def create_job(
         max_attempts=settings.max_attempts,
         idempotency_key=idempotency_key,
         request_hash=hashlib.sha256(body.model_dump_json().encode()).hexdigest(),
+        name=body.name,
+        tags=body.tags,
         now=now(),
     )
     public = to_public(job, live_capacity(session, settings))
@@ -129,10 +127,17 @@ def list_jobs(
     session: ReadSessionDep,
     settings: SettingsDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    name: Annotated[LabelName | None, Query(description="jobs of this name")] = None,
+    tag: Annotated[Tag | None, Query(description="jobs with this tag")] = None,
+    study_id: Annotated[ResourceId | None, Query(description="the jobs of this study")] = None,
     limit: PageLimit = 50,
     offset: PageOffset = 0,
 ) -> JobsPublic:
-    rows, count = repo.list_jobs(session, status=status_filter, limit=limit, offset=offset)
+    """Jobs, newest first; the filters given must all hold."""
+    rows, count = repo.list_jobs(
+        session, status=status_filter, name=name, tag=tag, study_id=study_id,
+        limit=limit, offset=offset,
+    )  # fmt: skip
     capacity = live_capacity(session, settings)
     return JobsPublic(data=[to_public(r, capacity) for r in rows], count=count)
 

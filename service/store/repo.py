@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from typing import Any, get_args
 
 from sqlalchemy import ColumnElement, func, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.store.errors import Conflict, IdempotencyConflict, NotFound, StoreError, found
+from service.store.idempotency import insert_once, replay
 from service.store.leases import (
     Claim,
     HeartbeatResult,
@@ -39,6 +39,7 @@ from service.store.tables import (
     Job,
     JobEvent,
     JobStatus,
+    JobTag,
     Worker,
     new_id,
 )
@@ -176,6 +177,9 @@ def create_job(
     max_attempts: int,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+    study_id: str | None = None,
     now: datetime,
 ) -> tuple[Job, bool]:
     """Queue a job; returns ``(job, created)``.
@@ -189,7 +193,7 @@ def create_job(
     if idempotency_key is not None:
         existing = _job_by_key(session, idempotency_key)
         if existing is not None:
-            return _replay(existing, request_hash), False
+            return replay(existing, request_hash, "job"), False
     _require_datasets(
         session, {"train": train_dataset_id, "val": val_dataset_id, "test": test_dataset_id}
     )
@@ -207,33 +211,16 @@ def create_job(
         request_hash=request_hash,
         max_attempts=max_attempts,
         created_at=now,
+        name=name,
+        study_id=study_id,
+        tag_rows=[JobTag(tag=tag) for tag in sorted(set(tags))],
     )
-    try:
-        # A savepoint, so that losing a race on the unique key leaves the caller's transaction
-        # usable and the winner's job can be returned.
-        with session.begin_nested():
-            session.add(job)
-    except IntegrityError:
-        existing = _job_by_key(session, idempotency_key) if idempotency_key else None
-        if existing is None:
-            raise
-        return _replay(existing, request_hash), False
-    return job, True
+    return insert_once(session, job, by_key=lambda key: _job_by_key(session, key), what="job")
 
 
 def _job_by_key(session: Session, idempotency_key: str) -> Job | None:
     """The job created with this idempotency key, if any."""
     return session.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).one_or_none()
-
-
-def _replay(existing: Job, request_hash: str | None) -> Job:
-    """The earlier job for a reused key, or ``IdempotencyConflict`` if the request differs."""
-    if existing.request_hash != request_hash:
-        raise IdempotencyConflict(
-            f"idempotency key {existing.idempotency_key!r} was used for a different request "
-            f"(job {existing.id})"
-        )
-    return existing
 
 
 def _require_datasets(session: Session, ids_by_role: Mapping[str, str | None]) -> None:
@@ -256,14 +243,27 @@ def get_job(session: Session, job_id: str) -> Job:
 
 
 def list_jobs(
-    session: Session, *, status: JobStatus | None = None, limit: int, offset: int
+    session: Session,
+    *,
+    status: JobStatus | None = None,
+    name: str | None = None,
+    tag: str | None = None,
+    study_id: str | None = None,
+    limit: int,
+    offset: int,
 ) -> tuple[list[Job], int]:
-    """One page of jobs, newest first, optionally of one status, and the total count."""
-    page = select(Job)
-    count = select(func.count()).select_from(Job)
+    """One page of jobs, newest first, and the total count; each filter given must hold."""
+    where: list[ColumnElement[bool]] = []
     if status is not None:
-        page = page.where(Job.status == status)
-        count = count.where(Job.status == status)
+        where.append(Job.status == status)
+    if name is not None:
+        where.append(Job.name == name)
+    if study_id is not None:
+        where.append(Job.study_id == study_id)
+    if tag is not None:
+        where.append(Job.id.in_(select(JobTag.job_id).where(JobTag.tag == tag)))
+    page = select(Job).where(*where)
+    count = select(func.count()).select_from(Job).where(*where)
     page = page.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
     return list(session.scalars(page).all()), session.scalar(count) or 0
 

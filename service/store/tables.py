@@ -26,7 +26,7 @@ from sqlalchemy import (
     false,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FinalStatus = Literal["succeeded", "failed", "cancelled"]
@@ -151,6 +151,50 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    name: Mapped[str | None] = mapped_column(String(200), index=True)
+    """A free label (not unique): a list filter."""
+    # SET NULL: a job's history outlives its study's row, as it outlives its datasets.
+    study_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("studies.id", ondelete="SET NULL"), index=True
+    )
+    cancel_reason: Mapped[str | None] = mapped_column(Text)
+    """Why the job was stopped when it was not its user who asked (a study's pruning)."""
+    tag_rows: Mapped[list[JobTag]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="JobTag.tag"
+    )
+
+    @property
+    def tags(self) -> list[str]:
+        """The job's free labels, sorted."""
+        return [row.tag for row in self.tag_rows]
+
+
+class JobTag(Base):
+    """One free label of a job. A table rather than a JSON column: a tag filter is then an
+    indexed equality on SQLite and PostgreSQL alike."""
+
+    __tablename__ = "job_tags"
+
+    job_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class Study(Base):
+    """A grid of ordinary jobs (one per cell and seed) compared in one table."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str | None] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The request that created it (base job, grid, seeds, baseline, pruning)."""
+    cells: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    """Per cell: ``{"values": {key: value}, "baseline": bool, "jobs": [{"id", "seed"}]}``."""
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class JobEvent(Base):

@@ -32,6 +32,7 @@ from service.settings import Settings
 from service.storage import Storage
 from service.store import repo
 from service.store.retry import StoreUnavailableError, in_transaction
+from service.store.studies import prune_if_behind
 from service.worker.exits import EXIT_FAILED, EXIT_FENCED
 
 T = TypeVar("T")
@@ -129,6 +130,10 @@ class DbEvents(Callback):
 
     def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
         self.record(EventKind.EPOCH, event.to_json(), checkpoint=self._new_checkpoint(trainer))
+        # A study's median rule may stop this job now: as a cancel, seen at the next heartbeat.
+        self._transaction(
+            "pruning", lambda s: prune_if_behind(s, job_id=self.job_id, epoch=event.epoch)
+        )
 
     def on_fit_end(self, trainer: Trainer) -> None:
         saved = self._new_checkpoint(trainer)

@@ -58,7 +58,7 @@ ROUTE_FIXES: dict[tuple[str, GenerationMode], str] = {
 class Fuzzed:
     app: FastAPI
     ids: dict[str, str]
-    """Path parameter -> a real id: dataset_id, job_id, model_id."""
+    """Path parameter -> a real id: dataset_id, job_id, model_id, study_id."""
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,14 @@ def _trained_model(
     job = client.post("/v1/jobs", headers=AUTH, json=body).json()
     train_and_settle(cfg, job["id"], shapes, workdir)
     (model,) = client.get("/v1/models", headers=AUTH).json()["data"]
-    return {"dataset_id": ids[0], "job_id": job["id"], "model_id": model["id"]}
+    study = client.post(
+        "/v1/studies", headers=AUTH, json={"base": body, "grid": {"loss.gamma": [1]}}
+    )  # after the job: train_and_settle claims the queue's first
+    assert study.status_code == 201, study.text
+    return {
+        "dataset_id": ids[0], "job_id": job["id"], "model_id": model["id"],
+        "study_id": study.json()["id"],
+    }  # fmt: skip
 
 
 def _operation(app: FastAPI, label: str) -> Any:
@@ -163,4 +170,4 @@ def test_every_route_is_fuzzed(fuzzed: Fuzzed) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", fuzzed.app)
     labels = {result.ok().label for result in schema.get_all_operations()}  # type: ignore[union-attr]
     assert labels == {label for label, _, _ in (p.values for p in _cases())}
-    assert len(labels) == 23
+    assert len(labels) == 28

@@ -41,6 +41,7 @@ from service.schemas import (
 from service.settings import Settings
 from service.store import liveness, repo
 from service.store.job_datasets import check_job_datasets
+from service.store.job_weights import resolve_job_weights
 from service.store.tables import FINAL_STATUSES, Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -97,6 +98,9 @@ def create_job(
             422, "unknown_recipe", f"no recipe {body.recipe!r}; available: {', '.join(names)}"
         )
     cfg = load_recipe(recipe_file, body.overrides, update=body.recipe_overrides)
+    cfg = resolve_job_weights(
+        session, cfg, recipe=load_recipe(recipe_file), data_dir=settings.data_dir
+    )
     check_job_datasets(
         session,
         train_id=body.train_dataset_id,

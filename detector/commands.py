@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from detector.artifact import save_model_file
-from detector.config import ModelConfig, RecipeError, load_recipe
+from detector.config import RecipeError, load_recipe
 from detector.data.shapes import SHAPES, ShapesSpec, make_shapes_splits
 from detector.data.validate import DatasetError, load_coco, validate_coco
 from detector.draw import draw_detections
@@ -28,17 +28,9 @@ from detector.engine.trainer import AnchorFitWarning, NonFiniteLossError, fit
 from detector.export import ExportMismatchError, export_onnx
 from detector.final import finalize
 from detector.model.anchor_fit import anchor_fit
-from detector.model.weight_names import (
-    RETINANET_ARCHITECTURES,
-    WeightsNameError,
-    any_weights,
-    cache_dir,
-    file_name,
-    pull,
-    weights_label,
-)
 from detector.model.weights import WeightsError
 from detector.predict import PredictOptions, Predictor, read_rgb
+from detector.weights_commands import add_weights_commands
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -167,7 +159,7 @@ def build_parser(*, extra: AddCommands | None = None) -> argparse.ArgumentParser
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(handler=cmd_anchors)
 
-    _add_weights_commands(sub)
+    add_weights_commands(sub)
 
     p = sub.add_parser("recipe", help="print a recipe with its bases and overrides resolved")
     p.add_argument("recipe", type=Path)
@@ -176,61 +168,6 @@ def build_parser(*, extra: AddCommands | None = None) -> argparse.ArgumentParser
     if extra is not None:
         extra(sub)
     return parser
-
-
-def _add_weights_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "weights", help="torchvision weights by name: fetch them into the cache ahead of time"
-    )
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    pull = actions.add_parser(
-        "pull", help="download named weights into torchvision's cache (TORCH_HOME), hash checked"
-    )
-    pull.add_argument(
-        "names", nargs="+", metavar="NAME", help="ResNet50_Weights.IMAGENET1K_V2, imagenet, coco"
-    )
-    pull.add_argument("--backbone", default="resnet50", help="what imagenet and coco are for")
-    pull.add_argument("--variant", default="v1", choices=tuple(RETINANET_ARCHITECTURES))
-    pull.set_defaults(handler=cmd_weights_pull)
-    where = actions.add_parser("list", help="the aliases per backbone, their files and the cache")
-    where.set_defaults(handler=cmd_weights_list)
-
-
-def cmd_weights_pull(args: argparse.Namespace) -> int:
-    """The one command that downloads: training and tests only read the cache."""
-    try:
-        chosen = [any_weights(n, backbone=args.backbone, variant=args.variant) for n in args.names]
-    except (WeightsNameError, ValueError) as exc:
-        raise CliError(str(exc)) from None
-    for weights in chosen:
-        try:
-            path = pull(weights)
-        except (OSError, RuntimeError) as exc:  # no network, a bad hash (torch.hub raises these)
-            raise CliError(
-                f"could not fetch {weights_label(weights)} ({weights.url}): {exc}"
-            ) from None
-        print(f"{weights_label(weights)}: {path}")
-    return EXIT_OK
-
-
-def cmd_weights_list(args: argparse.Namespace) -> int:
-    print(f"cache: {cache_dir()}")
-    backbones = ModelConfig.model_fields["backbone"].annotation.__args__  # type: ignore[union-attr]
-    rows = [
-        ("model.backbone_weights=imagenet", b, "", any_weights("imagenet", backbone=b))
-        for b in backbones
-    ]
-    rows += [
-        ("model.weights=coco", "resnet50", v, any_weights("coco", variant=v))
-        for v in RETINANET_ARCHITECTURES
-    ]
-    for field, backbone, variant, weights in rows:
-        cached = (cache_dir() / file_name(weights)).is_file()
-        print(
-            f"{field:34} {backbone:20} {variant:3} {weights_label(weights):45} "
-            f"{file_name(weights):42} {'cached' if cached else 'missing'}"
-        )
-    return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -88,7 +88,8 @@ def test_softmax_scores_are_the_probabilities_without_background() -> None:
     assert torch.isfinite(foreground_log_odds(logits)).all()
     assert torch.allclose(scores, expected, atol=1e-6)
     assert softmax_class_alpha(None, K) is None
-    assert softmax_class_alpha(0.25, 2).tolist() == [0.25, 0.25, 0.75]
+    weights = softmax_class_alpha(0.25, 2)
+    assert weights is not None and weights.tolist() == [0.25, 0.25, 0.75]
 
 
 def test_softmax_head_starts_at_the_prior() -> None:
@@ -124,5 +125,6 @@ def test_softmax_model_learns_predicts_and_exports(shapes: Path, tmp_path: Path)
     image = read_rgb(next((shapes / "images").glob("*.png")))
     detections = predictor.predict([image], PredictOptions(score_threshold=0.0))[0]
     assert detections and all(0 <= d.score <= 1 for d in detections)
+    # The export checks its own detections against PyTorch's (raises when they disagree).
     export = export_onnx(predictor, tmp_path / "model.onnx", sample_images=[image])
-    assert export.report.summary()
+    assert export.path.is_file()

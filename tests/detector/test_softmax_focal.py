@@ -100,6 +100,7 @@ def test_softmax_head_starts_at_the_prior() -> None:
     assert torch.allclose(torch.sigmoid(out["cls_logits"]), torch.full((1, 16, K), 0.01))
 
 
+@pytest.mark.slow
 def test_softmax_model_learns_predicts_and_exports(shapes: Path, tmp_path: Path) -> None:
     cfg = shapes_recipe(
         shapes,

@@ -32,6 +32,7 @@ from detector.engine.trainer import FitResult, NonFiniteLossError, fit
 from detector.evaluate.coco import CocoMetrics
 from detector.export import ExportMismatchError, OnnxExport, ParityReport, export_onnx
 from detector.final import Final, finalize, test_metrics_file
+from detector.model.weight_names import is_weights_name
 from detector.predict import DetectionOut, PredictOptions, Predictor, read_rgb
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "is_clean_text",
     "is_file_name",
     "is_main_process",
+    "is_weights_name",
     "last_checkpoint",
     "load_checkpoint",
     "load_coco",

@@ -30,6 +30,7 @@ from detector.final import finalize
 from detector.model.anchor_fit import anchor_fit
 from detector.model.weights import WeightsError
 from detector.predict import PredictOptions, Predictor, read_rgb
+from detector.weights_commands import add_weights_commands
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -157,6 +158,8 @@ def build_parser(*, extra: AddCommands | None = None) -> argparse.ArgumentParser
     _add_data_args(p, "--data", required=True, help="training annotations and image folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(handler=cmd_anchors)
+
+    add_weights_commands(sub)
 
     p = sub.add_parser("recipe", help="print a recipe with its bases and overrides resolved")
     p.add_argument("recipe", type=Path)

@@ -15,13 +15,27 @@ from __future__ import annotations
 
 import reprlib
 from collections.abc import Iterable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from detector.evaluate.coco import CLASS_KEYS, SUMMARY_KEYS
+from detector.model.weight_names import (
+    WeightsNameError,
+    backbone_weights,
+    is_weights_name,
+    model_weights,
+)
 
 INT32_MAX = 2**31 - 1
 """The largest count a recipe may hold: every integer of a recipe is stored in the checkpoint,
@@ -40,6 +54,9 @@ ImageSide = Annotated[int, Field(gt=0, le=8192)]
 Channels = Annotated[int, Field(gt=0, le=4096)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
+WeightsRef = Annotated[str, Field(min_length=1, max_length=4096)]
+"""A torchvision weights name (or alias), or a path to a local file."""
+GROUP_NORM_GROUPS = 32
 
 
 class _Frozen(BaseModel):
@@ -77,7 +94,13 @@ class DataConfig(_Frozen):
 class ModelConfig(_Frozen):
     """RetinaNet architecture, anchors, post-processing and initial weights."""
 
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
+    backbone: Literal[
+        "resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "mobilenet_v3_large"
+    ] = "resnet50"
+    variant: Literal["v1", "v2"] = "v1"
+    """``v1``: the paper's RetinaNet (torchvision's ``retinanet_resnet50_fpn``: P6 from P5,
+    heads without normalisation). ``v2``: torchvision's ``retinanet_resnet50_fpn_v2`` (P6 from
+    C5, GroupNorm in the head towers; torchvision trains it with ``loss.box=giou``)."""
     norm: Literal["frozen_bn", "bn"] = "frozen_bn"
     trainable_backbone_layers: Annotated[int, Field(ge=0, le=5)] = 3
     fpn_channels: Channels = 256
@@ -107,12 +130,20 @@ class ModelConfig(_Frozen):
     nms_thresh: Probability = 0.5
     detections_per_img: PositiveInt = 100
     topk_candidates: PositiveInt = 1000
-    backbone_weights: Path | None = None
-    """A local torchvision ResNet state dict (.pt/.pth) or safetensors file."""
-    weights: Path | None = None
-    """A local full-model state dict (ours or torchvision's RetinaNet) or safetensors file."""
+    backbone_weights: WeightsRef | None = None
+    """ImageNet weights of the backbone: a torchvision name (``ResNet50_Weights.IMAGENET1K_V2``,
+    or ``imagenet`` for the backbone's default), or a local state dict (.pt/.pth/.safetensors)."""
+    weights: WeightsRef | None = None
+    """A whole RetinaNet: a torchvision name (``RetinaNet_ResNet50_FPN_Weights.COCO_V1``, or
+    ``coco`` for the variant's), or a local state dict (ours or torchvision's). Class logits
+    of another class count are left at their init (and reported); all else must fit."""
     skip_mismatched_weights: bool = False
-    """Leave layers whose shape differs (e.g. the class logits of another dataset) at their init."""
+    """Also leave other layers whose shape differs at their init instead of refusing."""
+
+    @field_validator("backbone_weights", "weights", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, PurePath) else value
 
     @model_validator(mode="after")
     def _check_ious(self) -> ModelConfig:
@@ -126,15 +157,44 @@ class ModelConfig(_Frozen):
                 "head=torchvision has 4 convs as wide as the FPN: "
                 f"set head_convs=4 and head_channels={self.fpn_channels}"
             )
+        if self.variant == "v2" and self.head_channels % GROUP_NORM_GROUPS:
+            raise ValueError(
+                f"variant v2 normalises the head with GroupNorm({GROUP_NORM_GROUPS}): "
+                f"head_channels ({self.head_channels}) must be a multiple of {GROUP_NORM_GROUPS}"
+            )
         return self
+
+    @field_validator("backbone_weights", "weights")
+    @classmethod
+    def _check_weight_names(cls, ref: str | None, info: ValidationInfo) -> str | None:
+        """A torchvision name must name weights of this backbone (and variant)."""
+        backbone, variant = info.data.get("backbone"), info.data.get("variant")
+        if ref is None or not is_weights_name(ref) or backbone is None or variant is None:
+            return ref
+        try:
+            if info.field_name == "backbone_weights":
+                backbone_weights(ref, backbone=backbone)
+            else:
+                model_weights(ref, backbone=backbone, variant=variant)
+        except WeightsNameError as exc:
+            raise ValueError(str(exc)) from None
+        return ref
 
 
 class LossConfig(_Frozen):
-    """Classification and box losses and how they are weighted against each other."""
+    """Classification and box losses and how they are weighted against each other.
 
-    classification: Literal["sigmoid_focal", "alpha_balanced_ce"] = "sigmoid_focal"
-    alpha: Probability | tuple[Probability, ...] | None = 0.25
-    """Weight of positives: a scalar, one value per class, or None for no weighting."""
+    Plain binary cross-entropy is ``classification: sigmoid_focal, alpha: null, gamma: 0``.
+    """
+
+    classification: Literal["sigmoid_focal", "alpha_balanced_ce", "softmax_focal"] = "sigmoid_focal"
+    """``softmax_focal``: K + 1 logits per anchor (background last), one softmax, the
+    multi-class focal loss ``-alpha_y (1 - p_y)^gamma log p_y``; scores drop the background."""
+    alpha: Probability | tuple[Probability, ...] | Literal["auto"] | None = 0.25
+    """Weight of positives: a scalar, one value per class, ``auto`` (per class, from the
+    training set's class frequencies: alpha_c proportional to 1 / sqrt(frequency), scaled to
+    a mean of 0.25, clipped to [0.01, 0.99]), or None for no weighting. Negatives (the
+    background class of ``softmax_focal``) get 1 - alpha (1 - the mean alpha when per class)."""
     gamma: Annotated[float, Field(ge=0)] = 2.0
     box: Literal["smooth_l1", "l1", "giou"] = "smooth_l1"
     smooth_l1_beta: Annotated[float, Field(ge=0)] = 1.0 / 9.0

@@ -118,14 +118,23 @@ class ArchiveEntry(_Body):
     entry: str | None
 
 
+class RecipeKeys(_Body):
+    """The dotted recipe keys a refusal is about (a study's grid, initial weights)."""
+
+    keys: list[str] = Field(description='e.g. ["loss.gamma"] or ["model.weights"]')
+
+
 class ErrorDetail(_Body):
     code: str = Field(description="stable, for programs: not_found, invalid_request, ...")
     message: str = Field(description="for people")
-    details: list[FieldError] | DatasetReport | ParityReport | ArchiveEntry | None = Field(
-        default=None,
-        description="what was refused, by code: invalid_request: the fields; invalid_dataset:"
-        " the validation report; export_mismatch: the parity report; invalid_archive,"
-        " unsafe_archive...: the entry; otherwise none",
+    details: list[FieldError] | DatasetReport | ParityReport | ArchiveEntry | RecipeKeys | None = (
+        Field(
+            default=None,
+            description="what was refused, by code: invalid_request: the fields; invalid_dataset:"
+            " the validation report; export_mismatch: the parity report; invalid_archive,"
+            " unsafe_archive...: the entry; invalid_grid, too_many_jobs, invalid_recipe (weights):"
+            " the recipe keys; otherwise none",
+        )
     )
 
 

@@ -57,6 +57,14 @@ class CocoDetection(Dataset[tuple[Tensor, Target]]):
     def num_classes(self) -> int:
         return len(self.category_ids)
 
+    def class_counts(self) -> tuple[int, ...]:
+        """Boxes per class (contiguous labels), crowd boxes excluded."""
+        counts = dict.fromkeys(self.category_ids, 0)
+        for record in self.coco.images:
+            for category_id, crowd in zip(record.category_ids, record.crowd, strict=True):
+                counts[category_id] += not crowd
+        return tuple(counts.values())
+
     def label_of(self, category_id: int) -> int:
         """The contiguous model label of a COCO category id."""
         try:

@@ -122,9 +122,12 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
-        self.model = build_model(cfg.model, cfg.loss, num_classes=self.train_set.num_classes).to(
-            self.device
-        )
+        self.model = build_model(
+            cfg.model,
+            cfg.loss,
+            num_classes=self.train_set.num_classes,
+            class_counts=self.train_set.class_counts(),  # for loss.alpha: auto
+        ).to(self.device)
         if cfg.solver.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = self._data_parallel(self.model)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Literal, NamedTuple
 
 import torch
@@ -30,13 +31,15 @@ from detector.model.losses import (
     alpha_balanced_ce,
     compiled,
     sigmoid_focal_loss,
+    softmax_focal_loss,
     uncertainty_weighted,
 )
 
 BACKGROUND = -1
 IGNORE = -2
+GROUP_NORM_GROUPS = 32
 
-ClassificationLoss = Literal["sigmoid_focal", "alpha_balanced_ce"]
+ClassificationLoss = Literal["sigmoid_focal", "alpha_balanced_ce", "softmax_focal"]
 BoxLoss = Literal["smooth_l1", "l1", "giou"]
 
 
@@ -81,25 +84,44 @@ def num_positives(matched: Tensor) -> Tensor:
     return (matched >= 0).sum().clamp(min=1).to(torch.float32)
 
 
-def conv_tower(*, in_channels: int, channels: int, num_convs: int) -> nn.Sequential:
-    """``num_convs`` 3x3 conv + ReLU layers, initialised as in the paper (N(0, 0.01), bias 0)."""
+def conv_tower(
+    *, in_channels: int, channels: int, num_convs: int, group_norm: bool = False
+) -> nn.Sequential:
+    """``num_convs`` 3x3 conv (+ GroupNorm(32)) + ReLU layers, initialised as in the paper
+    (N(0, 0.01), bias 0). Parameter names are torchvision's (``conv.{i}.0.weight``, the norm
+    ``conv.{i}.1``), so its RetinaNet files load by name."""
+    norm = partial(nn.GroupNorm, GROUP_NORM_GROUPS) if group_norm else None
     layers = [
-        Conv2dNormActivation(in_channels if i == 0 else channels, channels, norm_layer=None)
+        Conv2dNormActivation(in_channels if i == 0 else channels, channels, norm_layer=norm)
         for i in range(num_convs)
     ]
     tower = nn.Sequential(*layers)
     for module in tower.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.normal_(module.weight, std=0.01)
-            assert module.bias is not None  # Conv2dNormActivation has a bias when norm is None
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:  # no bias before a norm
+                nn.init.zeros_(module.bias)
     return tower
 
 
-class FocalClassificationHead(RetinaNetClassificationHead):
-    """Per-anchor class scores with a sigmoid focal loss (or its alpha-balanced CE baseline).
+def foreground_log_odds(logits: Tensor) -> Tensor:
+    """float[..., K + 1] softmax logits (background last) -> float[..., K] log-odds whose
+    sigmoid is each class's softmax probability: what torchvision's post-processing (which
+    applies a sigmoid) and our exports expect of every head."""
+    log_p = F.log_softmax(logits.float(), dim=-1)[..., :-1]
+    # log(1 - p) = log(-expm1(log p)); p rounds to 1 at log p > -6e-8 in fp32.
+    log_p = log_p.clamp(max=-1e-7)
+    return log_p - torch.log(-torch.expm1(log_p))
 
-    Output: ``float[N, HWA, K]`` logits, one sigmoid per class (no background logit).
+
+class FocalClassificationHead(RetinaNetClassificationHead):
+    """Per-anchor class scores with a sigmoid focal loss (or its alpha-balanced CE baseline),
+    or a softmax focal loss over K classes + background.
+
+    ``forward``: ``float[N, HWA, C]`` raw logits; C = K (one sigmoid per class) or K + 1
+    (``softmax_focal``; background is class K). :meth:`outputs` gives what the RetinaNet
+    reads: ``cls_logits`` float[N, HWA, K] whose sigmoid is the class probability, for every
+    loss kind, and ``softmax_logits`` (the raw K + 1) for the softmax loss.
     """
 
     def __init__(
@@ -115,16 +137,19 @@ class FocalClassificationHead(RetinaNetClassificationHead):
         alpha: float | Sequence[float] | None = 0.25,
         gamma: float = 2.0,
         compile_loss: bool = False,
+        group_norm: bool = False,
     ) -> None:
         super().__init__(in_channels, num_anchors, num_classes, prior_probability=prior_prob)
-        self.conv = conv_tower(in_channels=in_channels, channels=channels, num_convs=num_convs)
+        self.conv = conv_tower(
+            in_channels=in_channels, channels=channels, num_convs=num_convs, group_norm=group_norm
+        )
+        self.num_outputs = num_classes + 1 if loss == "softmax_focal" else num_classes
         out_in = channels if num_convs > 0 else in_channels
-        self.cls_logits = nn.Conv2d(out_in, num_anchors * num_classes, kernel_size=3, padding=1)
+        self.cls_logits = nn.Conv2d(
+            out_in, num_anchors * self.num_outputs, kernel_size=3, padding=1
+        )
         nn.init.normal_(self.cls_logits.weight, std=0.01)
-        # Start every anchor at p = prior_prob so the many easy negatives do not swamp the
-        # first iterations with a huge loss.
-        bias = -math.log((1 - prior_prob) / prior_prob)
-        nn.init.constant_(self.cls_logits.bias, bias)  # type: ignore[arg-type]
+        _init_prior(self.cls_logits, prior_prob=prior_prob, num_classes=num_classes, loss=loss)
         if isinstance(alpha, Sequence):
             if len(alpha) != num_classes:
                 raise ValueError(
@@ -138,6 +163,28 @@ class FocalClassificationHead(RetinaNetClassificationHead):
         self.gamma = gamma
         self.loss_kind = loss
         self._focal = compiled(sigmoid_focal_loss) if compile_loss else sigmoid_focal_loss
+        self.softmax_alpha: Tensor | None
+        self.register_buffer(
+            "softmax_alpha", softmax_class_alpha(alpha, num_classes), persistent=False
+        )
+
+    def forward(self, x: list[Tensor]) -> Tensor:
+        """FPN levels float[N, C_in, H_l, W_l] -> float[N, sum_l H_l W_l A, C] raw logits."""
+        out = []
+        for features in x:
+            logits = self.cls_logits(self.conv(features))  # (N, A*C, H, W)
+            n, _, h, w = logits.shape
+            logits = logits.view(n, -1, self.num_outputs, h, w).permute(0, 3, 4, 1, 2)
+            out.append(logits.reshape(n, -1, self.num_outputs))  # (N, HWA, C)
+        return torch.cat(out, dim=1)
+
+    def outputs(self, x: list[Tensor]) -> dict[str, Tensor]:
+        """``cls_logits`` (a sigmoid gives each class's probability) and, for the softmax
+        loss, ``softmax_logits``."""
+        logits = self(x)
+        if self.loss_kind != "softmax_focal":
+            return {"cls_logits": logits}
+        return {"cls_logits": foreground_log_odds(logits), "softmax_logits": logits}
 
     def elementwise_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Summed loss of float[P, K] logits against float[P, K] 0/1 targets."""
@@ -152,12 +199,19 @@ class FocalClassificationHead(RetinaNetClassificationHead):
         matched_idxs: list[Tensor],
     ) -> Tensor:
         """Focal loss over all non-ignored anchors of the batch / batch-wide positive count."""
-        logits = head_outputs["cls_logits"].float()  # (N, R, K); the loss runs in fp32 under AMP
         gt = gather_matched(targets, matched_idxs)
         foreground = gt.matched >= 0  # (N, R)
+        valid = gt.matched != IGNORE
+        if self.loss_kind == "softmax_focal":
+            softmax = head_outputs["softmax_logits"].float()  # (N, R, K + 1)
+            classes = torch.where(foreground, gt.labels, self.num_classes)  # (N, R); K: bg
+            loss = softmax_focal_loss(
+                softmax[valid], classes[valid], self.softmax_alpha, self.gamma, "sum"
+            )
+            return loss / num_positives(gt.matched)
+        logits = head_outputs["cls_logits"].float()  # (N, R, K); the loss runs in fp32 under AMP
         one_hot = F.one_hot(gt.labels, self.num_classes).to(logits.dtype)  # (N, R, K)
         one_hot *= foreground.unsqueeze(-1)
-        valid = gt.matched != IGNORE
         return self.elementwise_loss(logits[valid], one_hot[valid]) / num_positives(gt.matched)
 
 
@@ -176,9 +230,12 @@ class BoxRegressionHead(RetinaNetRegressionHead):
         channels: int = 256,
         loss: BoxLoss = "smooth_l1",
         smooth_l1_beta: float = 1.0 / 9.0,
+        group_norm: bool = False,
     ) -> None:
         super().__init__(in_channels, num_anchors)
-        self.conv = conv_tower(in_channels=in_channels, channels=channels, num_convs=num_convs)
+        self.conv = conv_tower(
+            in_channels=in_channels, channels=channels, num_convs=num_convs, group_norm=group_norm
+        )
         out_in = channels if num_convs > 0 else in_channels
         self.bbox_reg = nn.Conv2d(out_in, num_anchors * 4, kernel_size=3, padding=1)
         nn.init.normal_(self.bbox_reg.weight, std=0.01)
@@ -239,10 +296,7 @@ class FocalRetinaNetHead(nn.Module):
         self.crowd_ioa = crowd_ioa
 
     def forward(self, x: list[Tensor]) -> dict[str, Tensor]:
-        return {
-            "cls_logits": self.classification_head(x),
-            "bbox_regression": self.regression_head(x),
-        }
+        return {**self.classification_head.outputs(x), "bbox_regression": self.regression_head(x)}
 
     def compute_loss(
         self,
@@ -270,6 +324,33 @@ class FocalRetinaNetHead(nn.Module):
             name: w * value
             for (name, value), w in zip(losses.items(), self.fixed_weights, strict=True)
         }
+
+
+def softmax_class_alpha(alpha: float | Sequence[float] | None, num_classes: int) -> Tensor | None:
+    """The softmax loss's weight of each of its K + 1 classes: ``alpha`` (or alpha_c) for the
+    K object classes, ``1 - alpha`` (1 - the mean alpha_c) for the background, as the
+    sigmoid loss weighs a positive against a negative. None: no weighting."""
+    if alpha is None or (not isinstance(alpha, Sequence) and alpha < 0):
+        return None
+    fg = torch.tensor(alpha, dtype=torch.float32).expand(num_classes)
+    return torch.cat([fg, (1 - fg.mean()).view(1)])
+
+
+def _init_prior(conv: nn.Conv2d, *, prior_prob: float, num_classes: int, loss: str) -> None:
+    """Start every anchor at foreground probability ``prior_prob`` per class, so the many
+    easy negatives do not swamp the first iterations with a huge loss.
+
+    Sigmoid: every bias ``-log((1 - pi) / pi)``. Softmax: object biases 0 and the background's
+    ``log(1 / pi - K)`` (each object class then has probability pi; at least 0 when
+    K * pi >= 1)."""
+    assert conv.bias is not None
+    if loss != "softmax_focal":
+        nn.init.constant_(conv.bias, -math.log((1 - prior_prob) / prior_prob))
+        return
+    with torch.no_grad():
+        bias = conv.bias.view(-1, num_classes + 1)  # (A, K + 1)
+        bias.zero_()
+        bias[:, num_classes] = math.log(max(1 / prior_prob - num_classes, 1.0))
 
 
 def ignore_crowd(

@@ -8,8 +8,9 @@ class per row. The focal modulating factor ``(1 - p_t) ** gamma`` multiplies eve
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -85,6 +86,37 @@ def softmax_focal_loss(
     elif alpha is not None and alpha >= 0:
         loss = loss * alpha
     return _reduce(loss, reduction)
+
+
+AUTO_ALPHA_MEAN = 0.25
+"""The mean of ``alpha: auto``'s per-class values: the paper's scalar default."""
+AUTO_ALPHA_RANGE = (0.01, 0.99)
+
+
+def frequency_alpha(
+    counts: Sequence[int],
+    *,
+    mean: float = AUTO_ALPHA_MEAN,
+    bounds: tuple[float, float] = AUTO_ALPHA_RANGE,
+) -> tuple[float, ...]:
+    """``loss.alpha: auto``: per-class weights of positives from the training set's boxes.
+
+    ``alpha_c = mean * K * w_c / sum(w)`` with ``w_c = 1 / sqrt(f_c)``, ``f_c`` the class's
+    share of the boxes (a class without boxes counts one), then clipped to ``bounds``. A rare
+    class's few positives weigh more against its many negatives; the square root keeps a very
+    rare class from taking all of the weight (inverse frequency itself over-corrects, as the
+    class-balanced-loss literature found). Equal counts give the scalar default everywhere.
+
+    Args:
+        counts: int[K], boxes per class (crowd boxes excluded).
+    """
+    if not counts:
+        raise ValueError("alpha: auto needs at least one class")
+    total = sum(max(1, c) for c in counts)
+    weights = [math.sqrt(total / max(1, c)) for c in counts]
+    scale = mean * len(weights) / sum(weights)
+    low, high = bounds
+    return tuple(min(high, max(low, w * scale)) for w in weights)
 
 
 def uncertainty_weighted(losses: dict[str, Tensor], log_vars: Tensor) -> dict[str, Tensor]:

@@ -92,7 +92,7 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JobPublic:
     """Queue a training job; a retry with the same ``Idempotency-Key`` gets the same job (200)."""
-    cfg = resolve_recipe(settings, body.recipe, body.overrides, body.recipe_overrides)
+    cfg = resolve_recipe(settings, session, body.recipe, body.overrides, body.recipe_overrides)
     check_job_datasets(
         session,
         train_id=body.train_dataset_id,

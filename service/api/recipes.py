@@ -1,23 +1,35 @@
 """A request's recipe resolved as job creation does it: the name looked up in the recipes
-folder, then the dotted overrides and the merged sections (``detector.load_recipe``)."""
+folder, then the dotted overrides and the merged sections (``detector.load_recipe``), then the
+initial weights it names (``service.store.job_weights``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from detector import TrainConfig, load_recipe
 from service.errors import ApiError
 from service.settings import Settings
+from service.store.job_weights import resolve_job_weights
 
 
 def resolve_recipe(
-    settings: Settings, name: str, overrides: Sequence[str], update: Mapping[str, Any]
+    settings: Settings,
+    session: Session,
+    name: str,
+    overrides: Sequence[str],
+    update: Mapping[str, Any],
 ) -> TrainConfig:
     """The resolved recipe; 422 ``unknown_recipe`` for a name the folder lacks (a bad key or
-    value raises ``RecipeError``, which the API answers 422 naming it)."""
+    value raises ``RecipeError``, which the API answers 422 naming it), and a refusal for
+    initial weights the request may not name (a server path)."""
     recipe_file = settings.recipes_dir / f"{name}.yaml"
     if not recipe_file.is_file():
         names = sorted(p.stem for p in settings.recipes_dir.glob("*.yaml"))
         raise ApiError(422, "unknown_recipe", f"no recipe {name!r}; available: {', '.join(names)}")
-    return load_recipe(recipe_file, list(overrides), update=dict(update))
+    cfg = load_recipe(recipe_file, list(overrides), update=dict(update))
+    return resolve_job_weights(
+        session, cfg, recipe=load_recipe(recipe_file), data_dir=settings.data_dir
+    )

@@ -26,7 +26,7 @@ def plan_study(
 ) -> tuple[list[Cell], list[StudyJob]]:
     """The study's cells and its jobs (cell, seed, resolved recipe, name), or a 422."""
     base = body.base
-    base_cfg = _resolve(settings, body, [], what="the base job")
+    base_cfg = _resolve(settings, session, body, [], what="the base job")
     cells = math.prod(len(v) for v in body.grid.values()) + int(body.baseline)
     reason = too_many(body.grid, cells, body.seeds, settings.study_max_jobs)
     if reason is not None:
@@ -34,7 +34,7 @@ def plan_study(
     for key, values in body.grid.items():
         for value in values:
             cell = Cell(values={key: value})
-            _resolve(settings, body, cell.overrides(), what=f"grid key {key!r}", key=key)
+            _resolve(settings, session, body, cell.overrides(), what=f"grid key {key!r}", key=key)
     planned = cells_of(
         body.grid, baseline=body.baseline, baseline_overrides=body.baseline_overrides
     )
@@ -43,7 +43,7 @@ def plan_study(
         for seed in seeds_of(base_cfg.seed, body.seeds):
             overrides = job_overrides([], cell, seed)
             what = "the baseline" if cell.baseline else f"cell {cell.label!r}"
-            cfg = _resolve(settings, body, overrides, what=what)
+            cfg = _resolve(settings, session, body, overrides, what=what)
             if seed == base_cfg.seed:  # the datasets do not depend on the seed
                 check_job_datasets(
                     session, train_id=base.train_dataset_id,
@@ -59,6 +59,7 @@ def plan_study(
 
 def _resolve(
     settings: Settings,
+    session: Session,
     body: StudyCreate,
     extra: Sequence[str],
     *,
@@ -69,10 +70,10 @@ def _resolve(
     base = body.base
     try:
         return resolve_recipe(
-            settings, base.recipe, [*base.overrides, *extra], base.recipe_overrides
+            settings, session, base.recipe, [*base.overrides, *extra], base.recipe_overrides
         )
     except RecipeError as exc:
-        details = {"key": key} if key is not None else None
+        details = {"keys": [key]} if key is not None else None
         raise ApiError(422, "invalid_grid", f"{what}: {exc}", details) from exc
 
 

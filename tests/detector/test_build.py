@@ -101,14 +101,20 @@ def test_full_model_weights_and_class_count_mismatch(tmp_path: Path) -> None:
     same = build_model(TINY.model_copy(update={"weights": path}), LossConfig(), num_classes=5)
     for (name, a), b in zip(source.state_dict().items(), same.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+    # Other classes: every layer but the class logits is reused, without asking.
+    other = build_model(TINY.model_copy(update={"weights": path}), LossConfig(), num_classes=3)
+    for name, value in other.state_dict().items():
+        if "cls_logits" not in name:
+            assert torch.equal(value, source.state_dict()[name]), name
+    assert other.head.classification_head.cls_logits.weight.shape[0] == 27
+    # Any other shape that differs is refused unless told to skip it.
+    wider = TINY.model_copy(update={"weights": path, "head_channels": 64})
     with pytest.raises(
-        WeightsError, match=r"cls_logits\.weight: file \(45, 32, 3, 3\) vs model \(27, 32, 3, 3\)"
+        WeightsError, match=r"conv\.0\.0\.weight: file \(32, 32, 3, 3\) vs model \(64, 32, 3, 3\)"
     ):
-        build_model(TINY.model_copy(update={"weights": path}), LossConfig(), num_classes=3)
+        build_model(wider, LossConfig(), num_classes=3)
     finetune = build_model(
-        TINY.model_copy(update={"weights": path, "skip_mismatched_weights": True}),
-        LossConfig(),
-        num_classes=3,
+        wider.model_copy(update={"skip_mismatched_weights": True}), LossConfig(), num_classes=3
     )
     assert torch.equal(finetune.backbone.body.conv1.weight, source.backbone.body.conv1.weight)
 

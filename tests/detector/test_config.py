@@ -55,7 +55,7 @@ def test_wrong_type_and_literal_name_the_key_and_allowed_values() -> None:
     with pytest.raises(RecipeError, match=r"solver\.lr: .*number"):
         load_recipe(CONFIGS / "shapes_tiny.yaml", ["solver.lr=fast"])
     with pytest.raises(
-        RecipeError, match=r"model\.backbone: .*'resnet18', 'resnet34' or 'resnet50'"
+        RecipeError, match=r"model\.backbone: .*'resnet18', 'resnet34', .*'mobilenet_v3_large'"
     ):
         load_recipe(CONFIGS / "shapes_tiny.yaml", ["model.backbone=vgg16"])
     with pytest.raises(RecipeError, match=r"loss\.gamma: .*greater than or equal to 0"):

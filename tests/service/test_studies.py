@@ -93,7 +93,7 @@ def test_bad_grids_are_refused_naming_the_key(service) -> None:
     client, _, ids = service
     unknown = _refusal(client, base=_base(ids), grid={"loss.gamma": [1], "loss.gama": [2]})
     assert unknown.code == "invalid_grid" and "loss.gama" in unknown.message
-    assert unknown.details == {"key": "loss.gama"}
+    assert unknown.details == {"keys": ["loss.gama"]}
     bad_value = _refusal(client, base=_base(ids), grid={"loss.gamma": [1, -1]})
     assert "grid key 'loss.gamma'" in bad_value.message
     empty = _refusal(client, base=_base(ids), grid={"loss.gamma": [1], "loss.alpha": []})

@@ -72,8 +72,8 @@
     const perClass = shown ? shown.per_class : [];
     $("per-class").querySelector("tbody").replaceChildren(...perClass.map((c, i) => h("tr", { "data-class": c.name },
       h("td", {}, h("span", { class: "swatch", "data-colour": i }), c.name),
-      ...["AP", "AP50", "AP75", "AR100", "best_f1"].map((k) => h("td", { class: "num", "data-key": k }, pct(c[k]))),
-      h("td", { class: "num", "data-key": "best_f1_threshold" }, fixed(c.best_f1_threshold, 3)))));
+      ...["AP", "AP50", "AP75", "AR100", "best_f1"].map((k) => h("td", { class: "num", "data-key": k, "data-value": String(c[k]) }, pct(c[k]))),
+      h("td", { class: "num", "data-key": "best_f1_threshold", "data-value": String(c.best_f1_threshold) }, fixed(c.best_f1_threshold, 3)))));
     for (const sw of document.querySelectorAll(".swatch")) sw.style.background = RN.colour(Number(sw.dataset.colour));
     const recall = Array.from({ length: 101 }, (_, i) => i / 100);
     Charts.render($("chart-pr"), {

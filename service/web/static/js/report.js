@@ -33,7 +33,7 @@ const Report = (() => {
     const issues = report.issues || [];
     const groups = ORDER.map((sev) => [sev, issues.filter((i) => i.severity === sev)])
       .filter(([, list]) => list.length);
-    const body = groups.map(([sev, list]) => h("div", { class: `issues ${sev}`, "data-severity": sev },
+    const body = groups.map(([sev, list]) => h("div", { class: `issues sev-${sev}`, "data-severity": sev },
       h("h3", {}, `${TITLES[sev]} (${list.length})`),
       h("table", { class: "list compact" },
         h("thead", {}, h("tr", {}, h("th", {}, "Item"), h("th", {}, "Problem"), h("th", {}, "Code"))),

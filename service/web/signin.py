@@ -18,11 +18,14 @@ router = APIRouter(include_in_schema=False)
 _KEY_MAX = 1024
 
 
-def _safe_next(target: str | None) -> str:
+def safe_next(target: str | None) -> str:
     """Where to go after signing in: a path of this site only (no open redirect)."""
+    # Browsers drop tabs and newlines from URLs and read a backslash as a slash, so "/\t/x"
+    # or "/\\x" would leave the site: only plain paths pass.
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/jobs"
-    return target
+    plain = all(c.isprintable() and not c.isspace() for c in target)
+    return target if plain else "/jobs"
 
 
 def _same_origin(request: Request) -> bool:
@@ -36,8 +39,8 @@ def _same_origin(request: Request) -> bool:
 @router.get("/signin")
 async def signin_page(request: Request, settings: SettingsDep, next: str | None = None) -> Response:
     if page_csrf(request, settings) is not None:  # auth off, or signed in already
-        return RedirectResponse(_safe_next(next), status_code=303)
-    return render_public(request, "signin.html", title="Sign in", next=_safe_next(next))
+        return RedirectResponse(safe_next(next), status_code=303)
+    return render_public(request, "signin.html", title="Sign in", next=safe_next(next))
 
 
 @router.post("/signin")
@@ -47,7 +50,7 @@ async def signin(
     api_key: Annotated[str, Form(max_length=_KEY_MAX)] = "",
     next: Annotated[str, Form(max_length=2048)] = "/jobs",
 ) -> Response:
-    target, secret = _safe_next(next), app_secret(request)
+    target, secret = safe_next(next), app_secret(request)
     if settings.auth_disabled:
         return RedirectResponse(target, status_code=303)
     digest = key_accepted(settings, api_key) if api_key else None

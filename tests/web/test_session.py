@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import Settings, hash_key
 from service.web.session import SESSION_S, csrf_token, issue, load_secret, verify
+from service.web.signin import safe_next
 
 KEY = "a-key-for-sessions"
 
@@ -44,3 +45,9 @@ def test_with_auth_off_the_pages_need_no_sign_in(tmp_path: Path) -> None:
         assert client.get("/signin", follow_redirects=False).headers["location"] == "/jobs"
         assert client.get("/v1/jobs").status_code == 200
         assert client.get("/jobs/not%20an%20id").status_code == 404
+
+
+def test_sign_in_sends_the_browser_back_only_to_this_site() -> None:
+    assert safe_next("/jobs/abc?x=1") == "/jobs/abc?x=1"
+    for target in (None, "", "https://evil.test/", "//evil.test", "/\\evil.test", "/\t/evil.test"):
+        assert safe_next(target) == "/jobs", target

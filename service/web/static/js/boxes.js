@@ -5,7 +5,8 @@ const Boxes = (() => {
   // Draws `image` scaled to fit `maxWidth`, then `boxes` ({bbox, label, index}); the canvas's
   // data-boxes attribute holds how many it drew.
   function draw(canvas, image, boxes, maxWidth) {
-    const scale = Math.min(1, maxWidth / image.naturalWidth) || 1;
+    // Small images are shown up to twice their size, so their boxes and labels stay legible.
+    const scale = Math.min(2, maxWidth / image.naturalWidth) || 1;
     canvas.width = Math.round(image.naturalWidth * scale);
     canvas.height = Math.round(image.naturalHeight * scale);
     const ctx = canvas.getContext("2d");

@@ -5,6 +5,7 @@
 const Charts = (() => {
   const { h, colour } = RN;
   const drawn = {};
+  const INTEGER_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
   window.RNCharts = {};
 
   function render(el, spec) {
@@ -24,7 +25,10 @@ const Charts = (() => {
       height: spec.height || 220,
       scales: { x: { time: false, ...(spec.xRange ? { range: spec.xRange } : {}) },
         y: spec.yRange ? { range: spec.yRange } : { distr: spec.logY ? 3 : 1 } },
-      axes: [{ label: spec.xLabel, size: 40, labelSize: 18 }, { label: spec.yLabel, size: 56, labelSize: 18 }],
+      axes: [
+        { label: spec.xLabel, size: 40, labelSize: 18, ...(spec.integerX ? { incrs: INTEGER_STEPS } : {}) },
+        { label: spec.yLabel, size: 60, labelSize: 18, ...(spec.yFormat ? { values: (u, ticks) => ticks.map(spec.yFormat) } : {}) },
+      ],
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },
       series: [{ label: spec.xLabel, value: (u, v) => (v === null || v === undefined ? "–" : spec.xFormat ? spec.xFormat(v) : v) },

@@ -29,7 +29,7 @@
       Boxes.draw(canvas, img, s.boxes.map((b) => ({
         bbox: b.bbox, label: (names[b.category_id] || [String(b.category_id)])[0],
         index: (names[b.category_id] || [0, 0])[1],
-      })), 320);
+      })), 256);
     }
     if (!page.data.length) box.append(h("p", { class: "muted" }, "No images."));
   }

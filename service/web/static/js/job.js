@@ -48,19 +48,19 @@
   }
 
   function lossSeries(history, key) {
-    const terms = [...new Set(history.flatMap((e) => Object.keys(e[key] || {})))];
+    const terms = [...new Set(history.flatMap((e) => Object.keys(e[key] || {})))].sort();
     return terms.map((t) => ({ label: t, values: history.map((e) => (e[key] ? e[key][t] ?? null : null)) }));
   }
 
   function showMetrics(m) {
     const history = m.history;
     const epochs = history.map((e) => e.epoch);
-    Charts.render($("chart-train"), { x: epochs, series: lossSeries(history, "train_losses"), xLabel: "epoch", yLabel: "loss" });
+    Charts.render($("chart-train"), { x: epochs, series: lossSeries(history, "train_losses"), xLabel: "epoch", yLabel: "loss", integerX: true });
     const withVal = history.filter((e) => e.val_losses);
-    Charts.render($("chart-val"), { x: withVal.map((e) => e.epoch), series: lossSeries(withVal, "val_losses"), xLabel: "epoch", yLabel: "loss" });
+    Charts.render($("chart-val"), { x: withVal.map((e) => e.epoch), series: lossSeries(withVal, "val_losses"), xLabel: "epoch", yLabel: "loss", integerX: true });
     const scored = history.filter((e) => e.metrics);
     Charts.render($("chart-ap"), {
-      x: scored.map((e) => e.epoch), xLabel: "epoch", yLabel: "AP (%)",
+      x: scored.map((e) => e.epoch), xLabel: "epoch", yLabel: "AP (%)", integerX: true,
       series: ["AP", "AP50"].map((k) => ({ label: k, values: scored.map((e) => 100 * (e.metrics.summary[k] ?? 0)) })),
       empty: "No validation yet.",
     });
@@ -84,7 +84,7 @@
   }
 
   function showLr() {
-    Charts.render($("chart-lr"), { x: lr.x, series: lr.x.length ? [{ label: "lr", values: lr.y }] : [], xLabel: "iteration", yLabel: "lr", empty: "No steps yet." });
+    Charts.render($("chart-lr"), { x: lr.x, series: lr.x.length ? [{ label: "lr", values: lr.y }] : [], xLabel: "iteration", yLabel: "lr", empty: "No steps yet.", yFormat: (v) => v.toExponential(1) });
   }
 
   function showHistory(hist) {

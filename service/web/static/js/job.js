@@ -27,7 +27,8 @@
     $("progress-bar").style.width = `${(100 * f).toFixed(1)}%`;
     const active = !FINAL.includes(j.status);
     $("facts").replaceChildren(
-      fact("Epoch", p.epoch === null || p.epoch === undefined ? "–" : `${p.epoch + (j.status === "succeeded" ? 0 : 1)}${j.recipe.solver.epochs ? ` / ${j.recipe.solver.epochs}` : ""}`),
+      // A step's epoch counts from 0: the one it belongs to is epoch + 1.
+      fact("Epoch", p.epoch === null || p.epoch === undefined ? "–" : `${p.epoch + 1}${j.recipe.solver.epochs ? ` / ${j.recipe.solver.epochs}` : ""}`),
       fact("Iteration", p.iteration ? `${p.iteration} / ${p.max_iters}` : "–"),
       fact("Images/s", active ? fixed(p.images_per_s, 1) : "–"),
       fact("ETA", active ? duration(p.eta_s) : "–"),

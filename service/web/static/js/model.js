@@ -37,7 +37,7 @@
     const index = Object.fromEntries(model.classes.map((c, i) => [c.id, i]));
     const dets = kept();
     const canvas = $("try-canvas");
-    const width = canvas.parentElement.clientWidth || 720;
+    const width = canvas.parentElement.clientWidth || 640;
     Boxes.draw(canvas, tried.image, dets.map((d) => ({ bbox: d.bbox, label: `${d.category_name} ${d.score.toFixed(2)}`, index: index[d.category_id] ?? 0 })), width);
     canvas.dataset.threshold = mode() === "global" ? slider.value : "best_f1";
     $("try-count").textContent = `${dets.length} of ${tried.detections.length} detections shown`;

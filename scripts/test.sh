@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up, then lint, type-check and run the whole test suite (CPU only; minutes on 2 cores).
 # A local PostgreSQL is started for the multi-worker store tests (scripts/postgres.sh), and
-# Debian's docker-compose is installed to validate compose.yaml (scripts/compose-tool.sh).
+# Debian's docker-compose is installed to validate compose.yaml (scripts/compose-tool.sh), and
+# Debian's chromium for the dashboard's browser tests (scripts/chromium.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,6 +11,8 @@ if pg_env="$(bash scripts/postgres.sh | tail -1)"; then
 else
   echo "warning: no PostgreSQL (scripts/postgres.sh failed); its tests skip here, and fail under CI" >&2
 fi
+bash scripts/chromium.sh ||
+  echo "warning: no Chromium (scripts/chromium.sh failed); the dashboard's browser tests skip here, and fail under CI" >&2
 bash scripts/compose-tool.sh ||
   echo "warning: no docker-compose; the compose tests skip here, and fail under CI" >&2
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -11,7 +11,7 @@ from anyio import to_thread
 from fastapi import Depends, FastAPI
 
 from detector import Predictor
-from service.api import datasets, health, jobs, models, predict, studies, workers
+from service.api import datasets, health, jobs, models, predict, recipes, studies, workers
 from service.api.deps import require_api_key
 from service.api.limits import BodyLimits
 from service.api.openapi import install_openapi
@@ -20,6 +20,8 @@ from service.inference import BatchingRunner, ModelCache
 from service.settings import Settings
 from service.storage import Storage
 from service.store.db import Sessions, make_engine, migrate
+from service.web.dashboard import install_dashboard
+from service.web.session import load_secret
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
         engine = make_engine(settings.db_url)
         app.state.db = Sessions.of(engine)
         app.state.models = model_cache(settings)
+        app.state.session_secret = load_secret(settings.data_dir)
         # Sync routes and off-loop work share one thread pool in this process, and so one GIL
         # with the event loop: forty busy threads (AnyIO's default) starve the loop for
         # seconds on two cores. A few threads keep every request moving and the loop
@@ -65,6 +68,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(predict.router, dependencies=protected)
     app.include_router(workers.router, dependencies=protected)
     app.include_router(studies.router, dependencies=protected)
+    app.include_router(recipes.router, dependencies=protected)
+    install_dashboard(app)
     install_openapi(app, settings)
     return app
 

@@ -350,3 +350,54 @@ class WorkersPublic(_Body):
     max_devices: int = Field(
         description="the most devices a job can ask for and be run by a live worker (0: none)"
     )
+
+
+class SampleBox(_Body):
+    category_id: int = Field(description="COCO category id")
+    bbox: tuple[float, float, float, float] = Field(description="[x, y, w, h], image pixels")
+
+
+class DatasetSample(_Body):
+    """One image of a dataset with its boxes as its annotation file has them."""
+
+    image_id: int
+    file_name: str
+    width: int | None
+    height: int | None
+    boxes: list[SampleBox]
+    url: str = Field(description="GET this path for the image file")
+
+
+class DatasetSamples(_Body):
+    data: list[DatasetSample]
+    count: int = Field(description="images in the dataset's annotation file")
+
+
+class JobHistoryEntry(_Body):
+    """A claim, a training start (or resume), a status change or an error of a job."""
+
+    id: int
+    kind: Literal["start", "status", "error"]
+    at: datetime
+    status: JobStatus | None = None
+    attempt: int | None = None
+    worker_id: str | None = None
+    iteration: int | None = Field(
+        default=None, description="start: resumed from; status: the checkpoint's iteration"
+    )
+    message: str | None = Field(default=None, description="the reason or the error")
+
+
+class JobHistory(_Body):
+    job_id: str
+    data: list[JobHistoryEntry]
+
+
+class RecipePublic(_Body):
+    name: str
+    recipe: TrainConfig = Field(description="the resolved recipe, bases merged")
+
+
+class RecipesPublic(_Body):
+    data: list[RecipePublic]
+    count: int

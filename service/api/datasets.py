@@ -6,12 +6,17 @@ parses and documents, so a generated client gets a typed call for each."""
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 import uuid
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile, status
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
 
 from detector import validate_coco
 from service.api.deps import (
@@ -33,8 +38,11 @@ from service.schemas import (
     DatasetPublic,
     DatasetRegister,
     DatasetReport,
+    DatasetSample,
+    DatasetSamples,
     DatasetsPublic,
     ErrorBody,
+    SampleBox,
 )
 from service.settings import Settings
 from service.storage import Storage
@@ -220,3 +228,100 @@ def delete_dataset(dataset_id: DatasetIdPath, session: SessionDep, storage: Stor
     session.commit()
     if row.source == "upload":  # uploads live in their own folder; registered ones are the user's
         shutil.rmtree(storage.dataset_dir(row.id), ignore_errors=True)
+
+
+_IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".mpo": "image/jpeg",
+    ".bmp": "image/bmp",
+    ".webp": "image/webp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_IMAGE: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    200: {
+        "description": "the image file as stored",
+        "content": dict.fromkeys(
+            [*sorted(set(_IMAGE_TYPES.values())), "application/octet-stream"], _BINARY
+        ),
+    },
+}
+ImageIdPath = Annotated[int, PathParam(ge=0, le=2**63 - 1, description="a COCO image id")]
+
+
+@router.get("/{dataset_id}/samples", response_model=DatasetSamples, responses=_ERRORS)
+def dataset_samples(
+    dataset_id: DatasetIdPath,
+    session: ReadSessionDep,
+    limit: Annotated[int, Query(ge=1, le=50, description="images")] = 6,
+) -> DatasetSamples:
+    """The first ``limit`` images of the annotation file with their boxes (the dashboard draws
+    them); ``url`` serves each image. Entries the validator dropped are skipped."""
+    row = repo.get_dataset(session, dataset_id)
+    coco = _annotation_file(row.annotations_path)
+    images = [im for im in _items(coco, "images") if _is_image(im)]
+    chosen = {im["id"]: im for im in images[:limit]}
+    boxes: dict[int, list[dict[str, Any]]] = {i: [] for i in chosen}
+    for ann in _items(coco, "annotations"):
+        if ann.get("image_id") in boxes and _is_box(ann):
+            boxes[ann["image_id"]].append({"category_id": ann["category_id"], "bbox": ann["bbox"]})
+    data = [
+        DatasetSample(
+            image_id=image_id,
+            file_name=im["file_name"],
+            width=im["width"] if isinstance(im.get("width"), int) else None,
+            height=im["height"] if isinstance(im.get("height"), int) else None,
+            boxes=[SampleBox.model_validate(b) for b in boxes[image_id]],
+            url=f"/v1/datasets/{dataset_id}/images/{image_id}",
+        )
+        for image_id, im in chosen.items()
+    ]
+    return DatasetSamples(data=data, count=len(images))
+
+
+def _items(coco: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    items = coco.get(key)
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+
+def _is_image(im: dict[str, Any]) -> bool:
+    return isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str)
+
+
+def _is_box(ann: dict[str, Any]) -> bool:
+    bbox = ann.get("bbox")
+    return (
+        isinstance(ann.get("category_id"), int)
+        and isinstance(bbox, list)
+        and len(bbox) == 4
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in bbox)
+    )
+
+
+@router.get("/{dataset_id}/images/{image_id}", response_class=FileResponse, responses=_IMAGE)
+def dataset_image(
+    dataset_id: DatasetIdPath, image_id: ImageIdPath, session: ReadSessionDep
+) -> FileResponse:
+    """One image file of the dataset, by its COCO image id."""
+    row = repo.get_dataset(session, dataset_id)
+    images = _items(_annotation_file(row.annotations_path), "images")
+    name = next((im["file_name"] for im in images if _is_image(im) and im["id"] == image_id), None)
+    root = Path(row.images_path).resolve()
+    path = (root / name).resolve() if isinstance(name, str) else None
+    if path is None or not path.is_relative_to(root) or not path.is_file():
+        raise ApiError(404, "not_found", f"dataset {dataset_id!r} has no image {image_id}")
+    media = _IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return FileResponse(path, media_type=media)
+
+
+def _annotation_file(path: str) -> dict[str, Any]:
+    """The dataset's COCO JSON as stored (validated when it arrived)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        raise ApiError(404, "not_found", "the dataset's annotation file is gone") from None
+    return data if isinstance(data, dict) else {}

@@ -3,7 +3,6 @@ key check."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -14,9 +13,10 @@ from sqlalchemy.orm import Session
 from service.errors import ApiError
 from service.inference import ModelCache
 from service.schemas import DB_INT_MAX, ID_PATTERN
-from service.settings import Settings, hash_key
+from service.settings import Settings
 from service.storage import Storage
 from service.store.db import ROUTE_READ_SESSIONS, ROUTE_WRITE_SESSIONS, Sessions
+from service.web.session import CSRF_HEADER, SAFE_METHODS, csrf_ok, key_accepted, session_of
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -83,15 +83,27 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
 def require_api_key(
-    settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]
+    request: Request,
+    settings: SettingsDep,
+    key: Annotated[str | None, Security(_api_key_header)],
 ) -> None:
-    """401 unless the ``X-API-Key`` header hashes to a configured key (or auth is off)."""
+    """401 unless the ``X-API-Key`` header hashes to a configured key, or the request carries
+    the dashboard's session cookie (``service.web.session``), or auth is off. A
+    cookie-authenticated request that changes state must also send the session's CSRF token
+    (``X-CSRF-Token``): 403 without it."""
     if settings.auth_disabled:
         return
-    if key is not None:
-        digest = hash_key(key)
-        if any(hmac.compare_digest(digest, allowed) for allowed in settings.api_key_hashes):
-            return
+    if key is not None and key_accepted(settings, key) is not None:
+        return
+    session = session_of(request, settings)
+    if session is not None:
+        if request.method not in SAFE_METHODS and not csrf_ok(
+            request, session, request.headers.get(CSRF_HEADER)
+        ):
+            raise ApiError(
+                403, "csrf_failed", f"a signed-in browser request must send its {CSRF_HEADER}"
+            )
+        return
     raise HTTPException(
         status_code=status.HTTP_401_UNAUTHORIZED,
         detail="a valid X-API-Key header is required",

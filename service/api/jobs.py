@@ -32,6 +32,8 @@ from service.schemas import (
     ErrorBody,
     JobCreate,
     JobEventMessage,
+    JobHistory,
+    JobHistoryEntry,
     JobPublic,
     JobsPublic,
     JobStatus,
@@ -43,7 +45,7 @@ from service.schemas import (
 from service.settings import Settings
 from service.store import liveness, repo
 from service.store.job_datasets import check_job_datasets
-from service.store.tables import FINAL_STATUSES, Job
+from service.store.tables import FINAL_STATUSES, Job, JobEvent
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -245,3 +247,28 @@ def get_logs(
     if not path.exists():
         return ""
     return "\n".join(path.read_text(errors="replace").splitlines()[-tail:]) + "\n"
+
+
+@router.get("/{job_id}/history", response_model=JobHistory, responses=_ERRORS)
+def get_history(job_id: JobIdPath, session: ReadSessionDep) -> JobHistory:
+    """The attempt history: each claim (attempt, worker), each training start (the iteration
+    it resumed from), each status change with its reason, and errors; oldest first."""
+    repo.get_job(session, job_id)
+    entries = [_history_entry(e) for e in repo.attempt_events(session, job_id)]
+    return JobHistory(job_id=job_id, data=entries)
+
+
+def _history_entry(event: JobEvent) -> JobHistoryEntry:
+    p = event.payload
+    iteration = p.get("iteration") if event.kind == "start" else p.get("checkpoint_iteration")
+    message = p.get("error") or p.get("reason")
+    return JobHistoryEntry(
+        id=event.id,
+        kind=event.kind,
+        at=event.created_at,
+        status=p.get("status"),
+        attempt=p.get("attempt"),
+        worker_id=p.get("worker_id") or p.get("previous_owner"),
+        iteration=iteration if isinstance(iteration, int) else None,
+        message=message if isinstance(message, str) else None,
+    )

@@ -1,18 +1,41 @@
-"""A request's recipe resolved as job creation does it: the name looked up in the recipes
-folder, then the dotted overrides and the merged sections (``detector.load_recipe``), then the
-initial weights it names (``service.store.job_weights``)."""
+"""``/v1/recipes``: the training recipes a job may name, resolved (bases merged), so that a
+client (the dashboard's job form) can show what each field defaults to; and a request's recipe
+resolved as job creation does it: the name looked up in the recipes folder, then the dotted
+overrides and the merged sections (``detector.load_recipe``), then the initial weights it
+names (``service.store.job_weights``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
-from detector import TrainConfig, load_recipe
+from detector import RecipeError, TrainConfig, load_recipe
+from service.api.deps import SettingsDep
 from service.errors import ApiError
+from service.schemas import ErrorBody, RecipePublic, RecipesPublic
 from service.settings import Settings
 from service.store.job_weights import resolve_job_weights
+
+router = APIRouter(prefix="/v1/recipes", tags=["recipes"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}}
+
+
+@router.get("", response_model=RecipesPublic, responses=_ERRORS)
+def list_recipes(settings: SettingsDep) -> RecipesPublic:
+    """Every recipe in ``RETINANET_RECIPES_DIR`` that loads (a broken file is left out: a job
+    naming it is refused with its error)."""
+    data = []
+    for path in sorted(settings.recipes_dir.glob("*.yaml")):
+        try:
+            cfg = load_recipe(path, [])
+        except RecipeError:
+            continue
+        data.append(RecipePublic(name=path.stem, recipe=cfg))
+    return RecipesPublic(data=data, count=len(data))
 
 
 def resolve_recipe(

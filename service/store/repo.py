@@ -321,6 +321,17 @@ def epoch_events(session: Session, job_id: str) -> list[JobEvent]:
     return list(rows.all())
 
 
+def attempt_events(session: Session, job_id: str) -> list[JobEvent]:
+    """The job's "start", "status" and "error" events (claims, resumes, state changes,
+    failures), oldest first: its attempt history without the many step events."""
+    rows = session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.kind.in_(("start", "status", "error")))
+        .order_by(JobEvent.id)
+    )
+    return list(rows.all())
+
+
 # ---------------------------------------------------------------------------- workers
 
 

@@ -80,8 +80,8 @@ class DatasetRegister(_Body):
 
 
 class DatasetReport(ValidationReport):
-    """The validator's report as clients see it: its two paths relative to the dataset (the
-    folder holding both), never the server's absolute paths."""
+    """The validator's report as clients see it: its two paths, and the files its messages
+    name, relative to the dataset (the folder holding both), never the server's paths."""
 
     annotations_path: str  # type: ignore[assignment]
     image_dir: str  # type: ignore[assignment]
@@ -97,10 +97,19 @@ class DatasetReport(ValidationReport):
         if not (annotations.is_absolute() and images.is_absolute()):
             return data
         base = PurePath(os.path.commonpath([annotations.parent, images]))
+        # Messages name files too (a missing image, an unreadable JSON): by the same rule.
+        prefix = f"{base.as_posix().rstrip('/')}/"
+        issues = [
+            {**issue, "message": str(issue.get("message", "")).replace(prefix, "")}
+            if isinstance(issue, dict)
+            else issue
+            for issue in data.get("issues", [])
+        ]
         return {
             **data,
             "annotations_path": annotations.relative_to(base).as_posix(),
             "image_dir": images.relative_to(base).as_posix() or ".",
+            "issues": issues,
         }
 
 

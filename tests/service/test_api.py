@@ -113,9 +113,11 @@ def test_invalid_dataset_is_422_with_the_report_and_nothing_kept(
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["code"] == "invalid_dataset"
-    assert any(
-        i["code"] == "missing_image" and i["image_id"] == 999 for i in error["details"]["issues"]
-    )
+    (missing,) = [i for i in error["details"]["issues"] if i["code"] == "missing_image"]
+    assert missing["image_id"] == 999
+    # Its message names the file as the dataset does, not where the server keeps it.
+    assert missing["message"] == "file not found: images/missing.png", missing["message"]
+    assert str(settings.data_dir) not in response.text
     assert _leftovers(settings) == []
 
 

@@ -181,6 +181,11 @@ class ModelConfig(_Frozen):
         return ref
 
 
+# "auto" is a pattern-checked string, not Literal["auto"]: clients generated from the OpenAPI
+# document (openapi-python-client) parse a number-or-constant union by refusing the number.
+AutoAlpha = Annotated[str, Field(pattern=r"^auto$")]
+
+
 class LossConfig(_Frozen):
     """Classification and box losses and how they are weighted against each other.
 
@@ -190,7 +195,7 @@ class LossConfig(_Frozen):
     classification: Literal["sigmoid_focal", "alpha_balanced_ce", "softmax_focal"] = "sigmoid_focal"
     """``softmax_focal``: K + 1 logits per anchor (background last), one softmax, the
     multi-class focal loss ``-alpha_y (1 - p_y)^gamma log p_y``; scores drop the background."""
-    alpha: Probability | tuple[Probability, ...] | Literal["auto"] | None = 0.25
+    alpha: Probability | tuple[Probability, ...] | AutoAlpha | None = 0.25
     """Weight of positives: a scalar, one value per class, ``auto`` (per class, from the
     training set's class frequencies: alpha_c proportional to 1 / sqrt(frequency), scaled to
     a mean of 0.25, clipped to [0.01, 0.99]), or None for no weighting. Negatives (the

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import torchvision
 from torch import Tensor, nn
@@ -230,12 +230,12 @@ def build_model(
 
 
 def resolve_alpha(
-    alpha: float | tuple[float, ...] | Literal["auto"] | None,
+    alpha: float | tuple[float, ...] | str | None,
     class_counts: Sequence[int] | None,
 ) -> float | tuple[float, ...] | None:
-    """``alpha``, with ``auto`` replaced by its per-class values (see
-    :func:`~detector.model.losses.frequency_alpha`)."""
-    if alpha != "auto":
+    """``alpha``, with ``auto`` (the one string the recipe allows) replaced by its per-class
+    values (see :func:`~detector.model.losses.frequency_alpha`)."""
+    if not isinstance(alpha, str):
         return alpha
     if class_counts is None:
         return AUTO_ALPHA_MEAN

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from detector.evaluate.backends import EvalBackend
 from detector.evaluate.coco import CLASS_KEYS, SUMMARY_KEYS
 
 INT32_MAX = 2**31 - 1
@@ -190,6 +191,9 @@ class EvalConfig(_Frozen):
     metric: str = "AP"
     """A COCO summary key (AP, AP50, AR100, ...), or one class: ``AP/<class name>``."""
     batch_size: PositiveInt = 8
+    backend: EvalBackend = "faster_coco_eval"
+    """The COCOeval engine: ``faster_coco_eval`` (C++) or ``pycocotools`` (the reference);
+    the same numbers (checked to 1e-9 by a test), the first several times faster."""
 
     @field_validator("metric")
     @classmethod

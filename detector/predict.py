@@ -261,7 +261,10 @@ class Predictor:
             raise ValueError(
                 f"dataset categories {dataset.category_ids} differ from the model's {ours}"
             )
-        return evaluate(self.model, dataset, device=self.device, batch_size=batch_size)
+        backend = self.card.recipe.eval.backend
+        return evaluate(
+            self.model, dataset, device=self.device, batch_size=batch_size, backend=backend
+        )
 
     def predict_files(
         self, paths: Sequence[Path], options: PredictOptions | None = None

@@ -5,10 +5,14 @@ One run does everything side by side:
 1. Generates shapes at BCCD's size (640x480), starts ``retinanet serve`` with one worker on a
    fresh data directory, uploads the data and trains a ``bccd_r18`` job for a few iterations
    (the model's weights barely matter for speed; its shapes and sizes do), then starts a second
-   API on the same store with batching off (``RETINANET_PREDICT_MAX_BATCH=1``).
+   API on the same store with batching off (``RETINANET_PREDICT_MAX_BATCH=1``) and a third
+   serving through onnxruntime (``RETINANET_PREDICT_RUNTIME=onnxruntime``; the first two are
+   pinned to ``torch``).
 2. Times, in interleaved rounds: the bare model (``Predictor.predict`` on a decoded image, in
    this process) one image per call, and 8 images per call; the service over HTTP (multipart
-   upload, decoding, queue, JSON) at concurrency 1 and 8, with batching on and off.
+   upload, decoding, queue, JSON) at concurrency 1 and 8, with batching on and off, and the
+   onnxruntime service at concurrency 1 and 8 (batching on), checked first to answer as the
+   PyTorch service does.
    Latency p50/p99 over all requests of a case; throughput = images / wall time of a round,
    median over rounds.
 3. Exports the model to ONNX through the API (with its parity check) and times the dense
@@ -195,19 +199,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             write_png(torch.randint(0, 255, (3, 480, 640), dtype=torch.uint8), str(image_path))
         data_dir = tmp / "data"
-        with serve(data_dir, workers=1, env=device_env, log=tmp / "api.log") as url:
+        torch_env = {**device_env, "RETINANET_PREDICT_RUNTIME": "torch"}
+        with serve(data_dir, workers=1, env=torch_env, log=tmp / "api.log") as url:
             with Client(url, api_key=KEY, timeout_s=1800) as client:
                 model_id = train_model(client, tmp / "shapes")
                 export = client.export(model_id)
                 onnx_file = client.download(export["download"], tmp / "model.onnx")
             weights = client_weights(url, model_id, tmp)
-            with serve(
-                data_dir,
-                workers=0,
-                env={**device_env, "RETINANET_PREDICT_MAX_BATCH": "1"},
-                log=tmp / "api1.log",
-            ) as url_unbatched:
-                cases = measure(url, url_unbatched, model_id, weights, image_path, args)
+            ort_env = {**device_env, "RETINANET_PREDICT_RUNTIME": "onnxruntime"}
+            with (
+                serve(
+                    data_dir,
+                    workers=0,
+                    env={**torch_env, "RETINANET_PREDICT_MAX_BATCH": "1"},
+                    log=tmp / "api1.log",
+                ) as url_unbatched,
+                serve(data_dir, workers=0, env=ort_env, log=tmp / "api_ort.log") as url_ort,
+            ):
+                urls = {"torch": url, "unbatched": url_unbatched, "onnxruntime": url_ort}
+                cases = measure(urls, model_id, weights, image_path, args)
         dense = dense_rows(weights, onnx_file, image_path)
     print_report(cases, dense, image_path, args, export["parity"]["summary"])
     return 0
@@ -219,31 +229,61 @@ def client_weights(url: str, model_id: str, tmp: Path) -> Path:
 
 
 def measure(
-    url: str, url_unbatched: str, model_id: str, weights: Path, image_path: Path,
+    urls: dict[str, str], model_id: str, weights: Path, image_path: Path,
     args: argparse.Namespace,
 ) -> list[Case]:  # fmt: skip
     image_bytes = image_path.read_bytes()
     predictor = Predictor.load(weights, device=args.device)
     image = read_rgb(image_path)
+    url, url_unbatched, url_ort = urls["torch"], urls["unbatched"], urls["onnxruntime"]
     cases = {
         "bare1": Case("bare model, 1 image per call", 1, 1),
         "http1": Case("HTTP, batching on", 1, 1),
+        "ort1": Case("HTTP onnxruntime, batching on", 1, 1),
         "bare8": Case("bare model, 8 images per call", 1, 8),
         "http8_off": Case("HTTP, batching off", 8, 1),
         "http8_on": Case("HTTP, batching on", 8, 1),
+        "ort8": Case("HTTP onnxruntime, batching on", 8, 1),
     }
-    # Warm-up: load the model in both APIs and in this process.
-    for u in (url, url_unbatched):
+    # Warm-up: load the model in the APIs (the onnxruntime one exports its graph) and here.
+    for u in urls.values():
         http_round(u, model_id, image_bytes, Case("warmup", 1, 1), 2)
     bare_round(predictor, image, Case("warmup", 1, 1), 2)
+    check_same_answers(url, url_ort, model_id, image_bytes)
     for r in range(args.rounds):
         bare_round(predictor, image, cases["bare1"], args.requests)
         http_round(url, model_id, image_bytes, cases["http1"], args.requests)
+        http_round(url_ort, model_id, image_bytes, cases["ort1"], args.requests)
         bare_round(predictor, image, cases["bare8"], args.requests * 8)
         http_round(url_unbatched, model_id, image_bytes, cases["http8_off"], args.requests)
         http_round(url, model_id, image_bytes, cases["http8_on"], args.requests)
+        http_round(url_ort, model_id, image_bytes, cases["ort8"], args.requests)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     return list(cases.values())
+
+
+def check_same_answers(url: str, url_ort: str, model_id: str, image: bytes) -> None:
+    """Both services' detections of the image: same classes, boxes within 0.01 px, scores
+    within 1e-4 (else the benchmark stops: a fast wrong answer is no result)."""
+    answers = []
+    for u in (url, url_ort):
+        with httpx.Client(base_url=u, headers={"X-API-Key": KEY}, timeout=600) as http:
+            r = http.post(
+                f"/v1/models/{model_id}/predict",
+                files=[("files", ("image.jpg", image))],
+                data={"score_threshold": "0.05"},
+            )
+            r.raise_for_status()
+            answers.append(r.json()["images"][0]["detections"])
+    a, b = answers
+    same = [x["category_id"] for x in a] == [y["category_id"] for y in b] and all(
+        abs(x["score"] - y["score"]) <= 1e-4
+        and max(abs(p - q) for p, q in zip(x["bbox"], y["bbox"], strict=True)) <= 0.01
+        for x, y in zip(a, b, strict=True)
+    )
+    print(f"check: torch and onnxruntime services agree on {len(a)} detections: {same}")
+    if not same:
+        raise SystemExit("the onnxruntime service answers differently from the torch service")
 
 
 def dense_rows(weights: Path, onnx_file: Path, image_path: Path) -> list[tuple[int, float, float]]:
@@ -290,6 +330,16 @@ def print_report(
     gain = statistics.median(on8.throughputs) / statistics.median(off8.throughputs)
     print(f"\nService overhead at concurrency 1 (p50 HTTP / p50 bare - 1): {overhead:+.1%}")
     print(f"Batching at concurrency 8 (images/s on / off): {gain:.2f}x")
+    print("\n| concurrency | torch images/s | onnxruntime images/s | ratio (ort/torch) | "
+          "torch p50 / p99 ms | onnxruntime p50 / p99 ms |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|")
+    for t, o in (
+        (http1, by["HTTP onnxruntime, batching on1"]),
+        (on8, by["HTTP onnxruntime, batching on8"]),
+    ):
+        rt, ro = statistics.median(t.throughputs), statistics.median(o.throughputs)
+        print(f"| {t.concurrency} | {rt:.2f} | {ro:.2f} | {ro / rt:.2f}x | "
+              f"{t.p(0.5):.1f} / {t.p(0.99):.1f} | {o.p(0.5):.1f} / {o.p(0.99):.1f} |")  # fmt: skip
     print("\n| dense network | batch | PyTorch eager ms | onnxruntime ms | ratio (eager/ort) |")
     print("|---|---:|---:|---:|---:|")
     for n, eager, ort in dense:

@@ -33,6 +33,7 @@ from detector.evaluate.coco import CocoMetrics
 from detector.export import ExportMismatchError, OnnxExport, ParityReport, export_onnx
 from detector.final import Final, finalize, test_metrics_file
 from detector.model.weight_names import is_weights_name
+from detector.onnx_network import OnnxNetworkError, onnxruntime_predictor
 from detector.predict import DetectionOut, PredictOptions, Predictor, read_rgb
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "ModelFileError",
     "NonFiniteLossError",
     "OnnxExport",
+    "OnnxNetworkError",
     "ParityReport",
     "PredictOptions",
     "Predictor",
@@ -74,6 +76,7 @@ __all__ = [
     "load_coco",
     "load_recipe",
     "local_devices",
+    "onnxruntime_predictor",
     "rank_environment",
     "read_card",
     "read_rgb",

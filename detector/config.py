@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from detector.evaluate.backends import EvalBackend
 from detector.evaluate.coco import CLASS_KEYS, SUMMARY_KEYS
 from detector.model.weight_names import (
     WeightsNameError,
@@ -255,6 +256,9 @@ class EvalConfig(_Frozen):
     metric: str = "AP"
     """A COCO summary key (AP, AP50, AR100, ...), or one class: ``AP/<class name>``."""
     batch_size: PositiveInt = 8
+    backend: EvalBackend = "faster_coco_eval"
+    """The COCOeval engine: ``faster_coco_eval`` (C++) or ``pycocotools`` (the reference);
+    the same numbers (checked to 1e-9 by a test), the first several times faster."""
 
     @field_validator("metric")
     @classmethod

@@ -8,7 +8,7 @@ large images with small objects. Several calls' images can share one forward pas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -36,6 +36,10 @@ from detector.model.postprocess import (
     pad_batch,
     select_detections,
 )
+
+DenseNetwork = Callable[[Tensor], tuple[Tensor, Tensor]]
+"""Padded images float[N, 3, H, W] in [0, 1] -> (box deltas float[N, A, 4], scores
+float[N, A, K]), as :meth:`DenseRetinaNet.network`."""
 
 
 class DetectionOut(BaseModel):
@@ -90,15 +94,35 @@ class Predictor:
     """Runs a RetinaNet on raw images: resize as in evaluation, detect, map back."""
 
     def __init__(
-        self, *, model: RetinaNet, card: ModelCard, device: torch.device, max_batch: int = 8
+        self,
+        *,
+        model: RetinaNet,
+        card: ModelCard,
+        device: torch.device,
+        max_batch: int = 8,
+        network: DenseNetwork | None = None,
     ) -> None:
         self.model = model.eval().to(device)
         self.dense = DenseRetinaNet(self.model).eval().to(device)
+        self.network: DenseNetwork = network or self.dense.network
+        """Runs :meth:`DenseRetinaNet.network` (PyTorch by default; onnxruntime through
+        :func:`detector.onnx_network.onnxruntime_predictor`); decoding and selection stay
+        ours, whichever runs it."""
         self.card = card
         self.device = device
         self.max_batch = max_batch
         self.transforms = build_transforms(card.recipe.data, train=False)
         self._index = {c.id: i for i, c in enumerate(card.classes)}
+
+    def with_network(self, network: DenseNetwork) -> Predictor:
+        """The same model with ``network`` running its dense network."""
+        return Predictor(
+            model=self.model,
+            card=self.card,
+            device=self.device,
+            max_batch=self.max_batch,
+            network=network,
+        )
 
     @classmethod
     def load(cls, path: Path, *, device: str = "auto") -> Predictor:
@@ -189,8 +213,10 @@ class Predictor:
             size_divisible=self.dense.size_divisible,
             pad_value=self.dense.pad_value,
         )
-        boxes, scores = self.dense(batch.to(self.device))
-        per_level = self.dense.anchors_per_level(batch.shape[-2], batch.shape[-1])
+        deltas, scores = self.network(batch.to(self.device))
+        height, width = batch.shape[-2], batch.shape[-1]
+        boxes = self.dense.decode(deltas, height, width)
+        per_level = self.dense.anchors_per_level(height, width)
         out = []
         for crop, size, b, s in zip(
             crops, sizes, boxes.float().cpu(), scores.float().cpu(), strict=True
@@ -263,7 +289,10 @@ class Predictor:
             raise ValueError(
                 f"dataset categories {dataset.category_ids} differ from the model's {ours}"
             )
-        return evaluate(self.model, dataset, device=self.device, batch_size=batch_size)
+        backend = self.card.recipe.eval.backend
+        return evaluate(
+            self.model, dataset, device=self.device, batch_size=batch_size, backend=backend
+        )
 
     def predict_files(
         self, paths: Sequence[Path], options: PredictOptions | None = None

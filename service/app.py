@@ -10,13 +10,12 @@ from pathlib import Path
 from anyio import to_thread
 from fastapi import Depends, FastAPI
 
-from detector import Predictor
 from service.api import datasets, health, jobs, models, predict, recipes, studies, workers
 from service.api.deps import require_api_key
 from service.api.limits import BodyLimits
 from service.api.openapi import install_openapi
 from service.errors import install_error_handlers
-from service.inference import BatchingRunner, ModelCache
+from service.inference import BatchingRunner, ModelCache, load_predictor
 from service.settings import Settings
 from service.storage import Storage
 from service.store.db import Sessions, make_engine, migrate
@@ -77,9 +76,19 @@ def create_app(settings: Settings) -> FastAPI:
 def model_cache(settings: Settings) -> ModelCache:
     """The bounded cache of loaded models, each behind a batching runner."""
 
-    def make_runner(weights: Path) -> BatchingRunner:
+    storage = Storage(settings.data_dir)
+
+    def make_runner(model_id: str, weights: Path) -> BatchingRunner:
+        predictor = load_predictor(
+            weights,
+            device=settings.predict_device,
+            runtime=settings.predict_runtime,
+            # Beside the model's exports: deleted with them.
+            onnx_dir=storage.export_file(model_id, "onnx").parent,
+            threads=settings.predict_threads,
+        )
         return BatchingRunner(
-            Predictor.load(weights, device=settings.predict_device),
+            predictor,
             max_batch=settings.predict_max_batch,
             max_delay_s=settings.predict_max_delay_ms / 1000,
             queue_size=settings.predict_queue_size,

@@ -23,7 +23,13 @@ from pathlib import Path
 
 from torch import Tensor
 
-from detector import DetectionOut, PredictOptions, Predictor
+from detector import (
+    DetectionOut,
+    PredictOptions,
+    Predictor,
+    onnxruntime_predictor,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +137,31 @@ class BatchingRunner:
             r.future.set_result(result)
 
 
+def load_predictor(
+    weights: Path, *, device: str, runtime: str, onnx_dir: Path, threads: int | None = None
+) -> Predictor:
+    """The model at ``weights`` with its dense network in the ``runtime`` chosen
+    (``auto``: onnxruntime on the CPU, torch on CUDA; see ``Settings.predict_runtime``).
+
+    onnxruntime's graph is exported into ``onnx_dir`` once per weights checksum and checked
+    against PyTorch at each load; a graph that cannot be exported or disagrees is logged and
+    the model is served by PyTorch instead (same detections, slower).
+    """
+    predictor = Predictor.load(weights, device=device)
+    if runtime == "torch" or (runtime == "auto" and predictor.device.type != "cpu"):
+        return predictor
+    if predictor.device.type != "cpu":
+        log.warning("onnxruntime serves on the CPU; %s stays on %s", weights, predictor.device)
+        return predictor
+    try:
+        return onnxruntime_predictor(
+            predictor, cache_dir=onnx_dir, weights_sha256=sha256_file(weights), threads=threads
+        )
+    except Exception:  # OnnxNetworkError, or anything the exporter raises
+        log.exception("onnxruntime unavailable for %s; serving it with PyTorch", weights)
+        return predictor
+
+
 class ModelCache:
     """Least recently used models, bounded by count and by their weights' size in memory."""
 
@@ -139,7 +170,7 @@ class ModelCache:
         *,
         max_models: int,
         max_bytes: int,
-        make_runner: Callable[[Path], BatchingRunner],
+        make_runner: Callable[[str, Path], BatchingRunner],
     ) -> None:
         self.max_models = max_models
         self.max_bytes = max_bytes
@@ -159,7 +190,7 @@ class ModelCache:
             with self._lock:
                 if model_id in self._runners:
                     return self._runners[model_id][0]
-            runner = self._make_runner(weights)  # slow: outside the cache lock
+            runner = self._make_runner(model_id, weights)  # slow: outside the cache lock
             with self._lock:
                 self._runners[model_id] = (runner, size_bytes)
                 self._loading.pop(model_id, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     CPU cores when it has none. A job that asks for more waits for a worker that has them."""
     predict_device: str = "auto"
     """Where the API runs inference: ``auto`` (CUDA when present), ``cpu``, ``cuda:0``..."""
+    predict_runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
+    """What runs the dense network (backbone, FPN, head) for prediction: ``onnxruntime`` (CPU
+    only; exported once per model and checked against PyTorch), ``torch``, or ``auto``: the
+    faster one measured for the device, onnxruntime on the CPU and torch on CUDA. Decoding,
+    thresholds, NMS, tiling and batching are the same code either way."""
+    predict_threads: Annotated[int, Field(gt=0, le=1024)] | None = None
+    """onnxruntime's intra-op threads per model (None: as many as PyTorch uses)."""
     model_cache_models: Annotated[int, Field(gt=0)] = 2
     """Models kept loaded for prediction (least recently used evicted first)."""
     model_cache_mb: Annotated[int, Field(gt=0)] = 2048

@@ -367,7 +367,9 @@ class Trainer:
                     self.model, self.val_set, device=self.device, batch_size=batch, shard=shard
                 )
                 detections = self.dist.gather(list(found))
-                metrics = score_detections(self.val_set.coco, detections)
+                metrics = score_detections(
+                    self.val_set.coco, detections, backend=self.cfg.eval.backend
+                )
                 self.last_metrics = metrics
             self.model.train()
         event = EpochEvent(

@@ -1,4 +1,4 @@
-"""COCO bbox evaluation with pycocotools, returned as typed, JSON-able metrics.
+"""COCO bbox evaluation, returned as typed, JSON-able metrics (engines: ``backends.py``).
 
 Units: boxes are COCO ``[x, y, w, h]`` in original image pixels; every metric is a fraction in
 0..1 (``None`` where COCO has nothing to average, i.e. no ground truth in that slice).
@@ -6,18 +6,15 @@ Units: boxes are COCO ``[x, y, w, h]`` in original image pixels; every metric is
 
 from __future__ import annotations
 
-import contextlib
-import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from pydantic import BaseModel, ConfigDict
 
 from detector.data.validate import CleanCoco
+from detector.evaluate.backends import CocoEvalArrays, EvalBackend, run_cocoeval
 
 # The order of ``COCOeval.stats`` (see ``COCOeval.summarize``).
 SUMMARY_KEYS: tuple[str, ...] = (
@@ -110,13 +107,6 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    # pycocotools prints progress on every call; keep the caller's stdout clean.
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
-
-
 def coco_dict(gt: CleanCoco) -> dict[str, Any]:
     """``gt`` as a COCO annotation dict (the JSON layout); boxes xyxy -> xywh, area = w * h."""
     images: list[dict[str, Any]] = []
@@ -143,53 +133,19 @@ def coco_dict(gt: CleanCoco) -> dict[str, Any]:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def ground_truth(gt: CleanCoco) -> COCO:
-    """An in-memory ``pycocotools`` COCO object of ``gt`` (no files written)."""
-    coco = COCO()
-    coco.dataset = coco_dict(gt)
-    with _quiet():
-        coco.createIndex()
-    return coco
-
-
-def _results(coco_gt: COCO, detections: Sequence[Detection]) -> COCO:
-    """The detections as a COCO result object; an empty one when there are none."""
-    unknown = {d.image_id for d in detections} - set(coco_gt.getImgIds())
+def _result_dicts(gt: CleanCoco, detections: Sequence[Detection]) -> list[dict[str, Any]]:
+    unknown = {d.image_id for d in detections} - {img.id for img in gt.images}
     if unknown:
         raise ValueError(f"detections for image ids not in the ground truth: {sorted(unknown)}")
-    if detections:
-        anns = [
-            {
-                "image_id": d.image_id,
-                "category_id": d.category_id,
-                "bbox": list(d.bbox),
-                "score": d.score,
-            }
-            for d in detections
-        ]
-        with _quiet():
-            return coco_gt.loadRes(anns)
-    # loadRes indexes anns[0] and fails on []; an empty result scores 0 wherever GT exists.
-    res = COCO()
-    res.dataset = {
-        "images": list(coco_gt.dataset["images"]),
-        "categories": list(coco_gt.dataset["categories"]),
-        "annotations": [],
-    }
-    with _quiet():
-        res.createIndex()
-    return res
-
-
-def _run_cocoeval(coco_gt: COCO, coco_dt: COCO, image_ids: list[int]) -> COCOeval:
-    evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-    # Every GT image, negatives included: their false positives must count.
-    evaluator.params.imgIds = image_ids
-    with _quiet():
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return evaluator
+    return [
+        {
+            "image_id": d.image_id,
+            "category_id": d.category_id,
+            "bbox": list(d.bbox),
+            "score": d.score,
+        }
+        for d in detections
+    ]
 
 
 def _mean_defined(values: NDArray[np.float64]) -> float | None:
@@ -198,8 +154,8 @@ def _mean_defined(values: NDArray[np.float64]) -> float | None:
     return float(np.mean(defined)) if defined.size else None
 
 
-def _iou_index(evaluator: COCOeval, iou: float) -> int:
-    return int(np.flatnonzero(np.isclose(evaluator.params.iouThrs, iou))[0])
+def _iou_index(arrays: CocoEvalArrays, iou: float) -> int:
+    return int(np.flatnonzero(np.isclose(arrays.iou_thrs, iou))[0])
 
 
 def _best_f1(
@@ -221,13 +177,13 @@ def _best_f1(
     return float(f1[best]), float(scores[best])
 
 
-def _class_metrics(evaluator: COCOeval, k: int, category_id: int, name: str) -> ClassMetrics:
-    """Metrics of the k-th category of ``evaluator.params.catIds`` (area all, maxDets 100)."""
-    precision = evaluator.eval["precision"][:, :, k, _AREA_ALL, _MAXDETS_100]  # [T, R]
-    scores = evaluator.eval["scores"][:, :, k, _AREA_ALL, _MAXDETS_100]  # [T, R]
-    recall = evaluator.eval["recall"][:, k, _AREA_ALL, _MAXDETS_100]  # [T]
-    t50, t75 = _iou_index(evaluator, 0.5), _iou_index(evaluator, 0.75)
-    best_f1, threshold = _best_f1(precision[t50], evaluator.params.recThrs, scores[t50])
+def _class_metrics(arrays: CocoEvalArrays, k: int, category_id: int, name: str) -> ClassMetrics:
+    """Metrics of the k-th category of ``arrays.cat_ids`` (area all, maxDets 100)."""
+    precision = arrays.precision[:, :, k, _AREA_ALL, _MAXDETS_100]  # [T, R]
+    scores = arrays.scores[:, :, k, _AREA_ALL, _MAXDETS_100]  # [T, R]
+    recall = arrays.recall[:, k, _AREA_ALL, _MAXDETS_100]  # [T]
+    t50, t75 = _iou_index(arrays, 0.5), _iou_index(arrays, 0.75)
+    best_f1, threshold = _best_f1(precision[t50], arrays.rec_thrs, scores[t50])
     return ClassMetrics(
         category_id=category_id,
         name=name,
@@ -241,22 +197,32 @@ def _class_metrics(evaluator: COCOeval, k: int, category_id: int, name: str) -> 
     )
 
 
-def score_detections(gt: CleanCoco, detections: Sequence[Detection]) -> CocoMetrics:
+def score_detections(
+    gt: CleanCoco,
+    detections: Sequence[Detection],
+    *,
+    backend: EvalBackend = "faster_coco_eval",
+) -> CocoMetrics:
     """COCO bbox metrics of ``detections`` against ``gt`` over all of its images.
+
+    ``backend``: the COCOeval engine; both give the same numbers (``backends.py``).
 
     Raises:
         ValueError: a detection names an image that is not in ``gt``.
     """
-    coco_gt = ground_truth(gt)
-    evaluator = _run_cocoeval(coco_gt, _results(coco_gt, detections), [img.id for img in gt.images])
+    arrays = run_cocoeval(
+        coco_dict(gt),
+        _result_dicts(gt, detections),
+        [img.id for img in gt.images],
+        backend=backend,
+    )
     summary = {
         key: (None if stat == -1 else float(stat))
-        for key, stat in zip(SUMMARY_KEYS, evaluator.stats, strict=True)
+        for key, stat in zip(SUMMARY_KEYS, arrays.stats, strict=True)
     }
     names = {c.id: c.name for c in gt.categories}
     per_class = [
-        _class_metrics(evaluator, k, int(cat_id), names[cat_id])
-        for k, cat_id in enumerate(evaluator.params.catIds)
+        _class_metrics(arrays, k, cat_id, names[cat_id]) for k, cat_id in enumerate(arrays.cat_ids)
     ]
     return CocoMetrics(
         summary=summary,

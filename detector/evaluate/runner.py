@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from detector.data.coco import CocoDetection, collate_detection
+from detector.evaluate.backends import EvalBackend
 from detector.evaluate.coco import CocoMetrics, Detection, score_detections
 
 
@@ -72,11 +73,16 @@ def predict_dataset(
 
 
 def evaluate(
-    model: nn.Module, dataset: CocoDetection, *, device: torch.device, batch_size: int = 8
+    model: nn.Module,
+    dataset: CocoDetection,
+    *,
+    device: torch.device,
+    batch_size: int = 8,
+    backend: EvalBackend = "faster_coco_eval",
 ) -> CocoMetrics:
     """COCO bbox metrics of ``model`` on ``dataset`` (the 12 numbers and per class)."""
     detections = list(predict_dataset(model, dataset, device=device, batch_size=batch_size))
-    return score_detections(dataset.coco, detections)
+    return score_detections(dataset.coco, detections, backend=backend)
 
 
 @torch.no_grad()

@@ -76,16 +76,30 @@ class DenseRetinaNet(nn.Module):
         return (r, g, b)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        deltas, scores = self.network(images)
+        return self.decode(deltas, images.shape[-2], images.shape[-1]), scores
+
+    def network(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalise, backbone, FPN, head: box ``deltas`` float[N, A, 4] (relative to the
+        anchors) and ``scores`` float[N, A, K]. The part another runtime may run instead."""
         x = (images - self.mean) / self.std
-        features = list(self.backbone(x).values())
-        out = self.head(features)
-        n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+        out = self.head(list(self.backbone(x).values()))
+        return out["bbox_regression"], out["cls_logits"].sigmoid()
+
+    def decode(self, deltas: Tensor, height: int, width: int) -> Tensor:
+        """The anchors of a ``height`` x ``width`` input moved by ``deltas`` float[N, A, 4]:
+        boxes float[N, A, 4] xyxy in input pixels."""
+        n = deltas.shape[0]
+        # The anchor generator reads only the shapes of the feature maps: empty stand-ins of
+        # each level's size (as anchors_per_level counts them) give the same anchors.
+        strides = [2 ** (3 + i) for i in range(len(self.anchor_generator.sizes))]
+        grids = [deltas.new_empty((1, 0, -(-height // s), -(-width // s))) for s in strides]
+        frame = ImageList(deltas.new_empty((1, 0, height, width)), [(height, width)])
         # Every image of the batch shares the padded size, hence the anchors: one set, computed
         # once (a per-image list would also fix the batch size of an exported graph).
-        anchors = self.anchor_generator(ImageList(x, [(h, w)]), features)[0]  # (A, 4)
-        deltas = out["bbox_regression"]  # (N, A, 4)
-        boxes = self.box_coder.decode_single(deltas.reshape(-1, 4), anchors.repeat(n, 1))
-        return boxes.reshape(n, -1, 4), out["cls_logits"].sigmoid()
+        anchors = self.anchor_generator(frame, grids)[0]  # (A, 4)
+        boxes: Tensor = self.box_coder.decode_single(deltas.reshape(-1, 4), anchors.repeat(n, 1))
+        return boxes.reshape(n, -1, 4)
 
     def anchors_per_level(self, height: int, width: int) -> list[int]:
         """Anchors of each FPN level for a padded input of ``height`` x ``width``."""

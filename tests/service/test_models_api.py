@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +23,13 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from detector import PredictOptions, Predictor, read_rgb, save_model_file
+from detector import PredictOptions, Predictor, read_rgb
 from detector.artifact import read_model_file
-from detector.engine.checkpoint import BEST
 from service.app import create_app
 from service.inference import BatchingRunner
 from service.settings import Settings, hash_key
 from service.storage import Storage
-from service.store import repo
-from service.store.db import make_engine, session_factory
-from service.worker.exits import EXIT_OK
-from service.worker.loop import Worker
+from tests.service.trained_job import succeeded_job
 from tests.trained import TrainedRun
 
 pytestmark = pytest.mark.slow
@@ -50,6 +45,8 @@ def settings(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) 
         api_key_hashes=(hash_key(KEY),),
         dataset_root=trained_run.shapes,
         model_cache_models=1,
+        # Compared exactly with Predictor (PyTorch); onnxruntime's own test compares runtimes.
+        predict_runtime="torch",
         predict_queue_size=1,
         predict_max_files=4,
         predict_max_pixels=200_000,
@@ -62,35 +59,9 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
-def _succeeded_job(client: TestClient, settings: Settings, trained_run: TrainedRun) -> str:
-    """A job trained (for real, by the shared fixture) and settled by the worker's code."""
-    ids = []
-    for split in ("train", "val"):
-        body = {
-            "name": f"shapes-{split}",
-            "annotations": f"annotations/instances_{split}.json",
-            "images": "images",
-        }
-        response = client.post("/v1/datasets/register", headers=AUTH, json=body)
-        assert response.status_code == 201, response.text
-        ids.append(response.json()["id"])
-    job = client.post(
-        "/v1/jobs", headers=AUTH, json={"train_dataset_id": ids[0], "val_dataset_id": ids[1]}
-    ).json()
-    sessions = session_factory(make_engine(settings.db_url))
-    claim = repo.claim_next_job(sessions, worker_id="test", lease_s=60, now=datetime.now(UTC))
-    assert claim is not None and claim.job_id == job["id"]
-    # What the training child writes on success, from the really trained checkpoint:
-    save_model_file(
-        trained_run.workdir / "checkpoints" / BEST, Storage(settings.data_dir).model_file(job["id"])
-    )
-    Worker(settings=settings)._settle(claim, EXIT_OK, cancelled=False)
-    return str(job["id"])
-
-
 @pytest.fixture(scope="module")
 def model(client: TestClient, settings: Settings, trained_run: TrainedRun) -> dict[str, Any]:
-    job_id = _succeeded_job(client, settings, trained_run)
+    job_id = succeeded_job(client, settings, trained_run, AUTH)
     assert client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()["status"] == "succeeded"
     rows = client.get("/v1/models", headers=AUTH).json()["data"]
     (row,) = [m for m in rows if m["job_id"] == job_id]
@@ -277,7 +248,7 @@ def test_cache_evicts_and_export_and_delete(
     client: TestClient, settings: Settings, model: dict[str, Any], trained_run: TrainedRun,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    second_job = _succeeded_job(client, settings, trained_run)
+    second_job = succeeded_job(client, settings, trained_run, AUTH)
     models = client.get("/v1/models", headers=AUTH).json()
     assert models["count"] == 2
     (second,) = [m for m in models["data"] if m["job_id"] == second_job]

@@ -7,8 +7,10 @@ if [ "${1:-}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
   user="${POSTGRES_USER:-postgres}"
   pwfile="$(mktemp)"
   printf '%s\n' "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD is required}" >"$pwfile"
-  initdb -D "$PGDATA" -U "$user" --pwfile="$pwfile" --auth-local=trust \
-    --auth-host=scram-sha-256
+  # UTF-8 as the official image (its LANG is en_US.utf8); a bare C locale would be SQL_ASCII,
+  # where psycopg returns bytes for text.
+  initdb -D "$PGDATA" -U "$user" --pwfile="$pwfile" --encoding=UTF8 --locale=C.UTF-8 \
+    --auth-local=trust --auth-host=scram-sha-256
   rm -f "$pwfile"
   db="${POSTGRES_DB:-$user}"
   if [ "$db" != postgres ]; then

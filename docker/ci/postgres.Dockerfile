@@ -12,7 +12,7 @@ RUN mkdir -p /etc/postgresql-common/createcluster.d \
     && mkdir -p /var/lib/postgresql/data /var/run/postgresql \
     && chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql \
     && chmod 700 /var/lib/postgresql/data
-ENV PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data
+ENV PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data LANG=C.UTF-8
 COPY postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint.sh
 USER postgres
 VOLUME ["/var/lib/postgresql/data"]

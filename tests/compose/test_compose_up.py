@@ -30,7 +30,7 @@ from tests.service.e2e_support import (  # noqa: F401
     wait_for,
 )
 
-from .compose_support import SERVICE_USER, Stack, changed_paths, docker
+from .compose_support import SERVICE_USER, Stack, changed_paths, docker, resolve
 
 pytestmark = pytest.mark.compose
 DEADLINE_S = 900  # 2 shared cores: the job trains while the API and PostgreSQL run beside it
@@ -53,13 +53,16 @@ def stack_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "RETINANET_API_KEY_HASHES": hash_key(API_KEY),
         "DATASETS_DIR": str(datasets),
     }
-    stack = Stack(env=env, url=f"http://127.0.0.1:{api_port}")
+    file = resolve(env, tmp_path_factory.mktemp("compose") / "compose.yaml")
+    stack = Stack(env=env, url=f"http://127.0.0.1:{api_port}", file=file)
     try:
         stack.compose("up", "-d", "--no-build")
         wait_for(lambda: answers(f"{stack.url}/health/live"), DEADLINE_S, "the API")
         yield stack
     finally:
-        log = tmp_path_factory.getbasetemp() / "compose.log"
+        # Kept where other pytest runs' clean-up of their temporary folders cannot remove it.
+        log = Path(os.environ.get("RETINANET_CI_COMPOSE_LOG", tmp_path_factory.getbasetemp()))
+        log = log / "compose.log" if log.is_dir() else log
         log.write_text(stack.compose("logs", "--no-color", "--timestamps"))
         print(f"compose logs: {log}")
         stack.compose("down", "-v", "--remove-orphans")

@@ -43,12 +43,15 @@ unavailable() {
 cleanup() {
   local rc=$?
   if docker version >/dev/null 2>&1; then
-    docker-compose -p "$PROJECT" -f compose.yaml -f docker/compose.test.yaml down -v \
+    # The override's variables only need values for `down` to parse it.
+    RETINANET_CI_POSTGRES_IMAGE=- RETINANET_CI_PG_PORT=0 RETINANET_CI_API_PORT=0 \
+      docker-compose -p "$PROJECT" -f compose.yaml -f docker/compose.test.yaml down -v \
       --remove-orphans >/dev/null 2>&1 || true
     docker image prune -f >/dev/null 2>&1 || true  # the image of an older build, not the cache
   fi
   if [ -n "$wheel_server" ]; then kill "$wheel_server" 2>/dev/null || true; fi
   bash scripts/docker-daemon.sh stop || true
+  log "finished in $SECONDS s (exit $rc)"
   exit "$rc"
 }
 
@@ -77,6 +80,10 @@ if ! kill -0 "$wheel_server" 2>/dev/null; then
   exit 1
 fi
 
+# A stack an interrupted run left behind would be reused, volumes and all.
+RETINANET_CI_PG_PORT=0 RETINANET_CI_API_PORT=0 docker-compose -p "$PROJECT" -f compose.yaml \
+  -f docker/compose.test.yaml down -v --remove-orphans >/dev/null 2>&1 || true
+
 log "building $IMAGE from docker/Dockerfile (PYTHON_IMAGE=$RETINANET_CI_PYTHON_IMAGE)"
 start_s=$SECONDS
 docker build --network host --quiet -f docker/Dockerfile -t "$IMAGE" \
@@ -87,4 +94,5 @@ size="$(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.2f 
 log "built $IMAGE in $((SECONDS - start_s)) s ($size)"
 
 export RETINANET_COMPOSE_STAGE=1 RETINANET_CI_POSTGRES_IMAGE RETINANET_CI_COMPOSE_PROJECT=$PROJECT
+export RETINANET_CI_COMPOSE_LOG="${RETINANET_CI_CACHE:-/var/cache/retinanet-ci}/compose.log"
 .venv/bin/python -m pytest tests/compose -m compose "$@"

@@ -162,4 +162,5 @@ def test_the_health_check_passes_and_only_volumes_are_written(stack: Stack) -> N
         assert time.monotonic() < deadline, stack.inspect("api")["State"]["Health"]
         time.sleep(2)
     for service in ("api", "worker-cpu", "migrate"):
-        assert changed_paths(stack.container(service)) == [], service
+        changed = changed_paths(stack.container(service))
+        assert changed == [], f"{service} wrote outside its volumes: {changed}"

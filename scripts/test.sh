@@ -3,6 +3,7 @@
 # A local PostgreSQL is started for the multi-worker store tests (scripts/postgres.sh), and
 # Debian's docker-compose is installed to validate compose.yaml (scripts/compose-tool.sh), and
 # Debian's chromium for the dashboard's browser tests (scripts/chromium.sh).
+# Last, the compose stage (scripts/compose-stage.sh) builds the image and runs the stack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,4 +18,9 @@ bash scripts/compose-tool.sh ||
   echo "warning: no docker-compose; the compose tests skip here, and fail under CI" >&2
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
-echo "== pytest"; .venv/bin/python -m pytest "$@"
+echo "== pytest"; pytest_rc=0; .venv/bin/python -m pytest "$@" || pytest_rc=$?
+# The image built and the whole loop run in containers (docker-compose --profile cpu up);
+# skips where no Docker engine can run, fails under CI. Its pytest prints its own closing line.
+echo "== compose stage"; compose_rc=0; bash scripts/compose-stage.sh -q || compose_rc=$?
+echo "== pytest exit $pytest_rc, compose stage exit $compose_rc"
+[ "$pytest_rc" = 0 ] && [ "$compose_rc" = 0 ]

@@ -1,8 +1,9 @@
 """The deployment files: compose.yaml is valid for a real Compose implementation and sets only
-settings the service understands; the Dockerfile passes hadolint.
+settings the service understands; the test override changes only images and networking; the
+Dockerfile passes hadolint.
 
-CI has no Docker engine: ``docker-compose config`` (Debian's package, installed by
-``scripts/test.sh``) validates and resolves the file without one.
+``docker-compose config`` (Debian's package, installed by ``scripts/test.sh``) validates and
+resolves the files without an engine; the compose stage (tests/compose/) runs them for real.
 """
 
 from __future__ import annotations
@@ -32,11 +33,21 @@ def _tool(name: str) -> str:
     return found
 
 
-def _resolved(profiles: str) -> dict[str, Any]:
+OVERRIDE = ROOT / "docker" / "compose.test.yaml"
+OVERRIDE_ENV = {
+    "RETINANET_CI_POSTGRES_IMAGE": "retinanet-ci/postgres:15-bookworm",
+    "RETINANET_CI_PG_PORT": "15432",
+    "RETINANET_CI_API_PORT": "18000",
+}
+
+
+def _resolved(profiles: str, *extra: Path) -> dict[str, Any]:
+    files = [arg for path in (ROOT / "compose.yaml", *extra) for arg in ("-f", str(path))]
     out = subprocess.run(
-        [_tool("docker-compose"), "-f", str(ROOT / "compose.yaml"), "config"],
+        [_tool("docker-compose"), *files, "config"],
         capture_output=True, text=True, cwd=ROOT,
-        env={**os.environ, "COMPOSE_PROFILES": profiles, "RETINANET_API_KEY_HASHES": "ab" * 32},
+        env={**os.environ, **OVERRIDE_ENV, "COMPOSE_PROFILES": profiles,
+             "RETINANET_API_KEY_HASHES": "ab" * 32},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     config: dict[str, Any] = yaml.safe_load(out.stdout)
@@ -65,7 +76,11 @@ def test_compose_is_valid_and_wires_the_services() -> None:
         assert any(
             str(v).endswith(":/data") or "/data" in str(v) for v in services[name]["volumes"]
         )
-    assert {"data", "pgdata"} <= set(config["volumes"])
+    assert {"data", "pgdata", "torch-cache"} <= set(config["volumes"])
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "TORCH_HOME=/cache/torch" in dockerfile
+    for name in ("worker", "worker-cpu"):  # time for SIGTERM's checkpoint before SIGKILL
+        assert services[name]["stop_grace_period"] == "2m", name
     env = services["api"]["environment"]
     assert env["RETINANET_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert env["RETINANET_API_KEY_HASHES"] == "ab" * 32
@@ -95,3 +110,24 @@ def test_dockerfile_passes_hadolint() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     text = (ROOT / "docker" / "Dockerfile").read_text()
     assert "HEALTHCHECK" in text and "USER 10001" in text
+
+
+def test_the_test_override_swaps_only_images_and_networking() -> None:
+    """docker/compose.test.yaml (the compose stage) may change an image, the network, the
+    listening address and port, and the database address that follows; nothing else. With it,
+    both profiles still resolve."""
+    override = yaml.safe_load(OVERRIDE.read_text())
+    allowed_env = {"RETINANET_DATABASE_URL", "HEALTHCHECK_URL", "PGPORT"}
+    for name, service in override["services"].items():
+        assert set(service) <= {"image", "network_mode", "command", "environment"}, name
+        assert service["network_mode"] == "host", name
+        assert set(service.get("environment", {})) <= allowed_env, name
+    for profiles in ("gpu", "cpu"):
+        services = _resolved(profiles, OVERRIDE)["services"]
+        api = services["api"]
+        assert api["command"][:3] == ["serve", "--host", "127.0.0.1"]
+        assert api["environment"]["RETINANET_DATABASE_URL"].endswith("@127.0.0.1:15432/retinanet")
+        assert services["postgres"]["image"] == OVERRIDE_ENV["RETINANET_CI_POSTGRES_IMAGE"]
+        assert "listen_addresses=127.0.0.1" in services["postgres"]["command"]
+    worker = _resolved("gpu", OVERRIDE)["services"]["worker"]
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"

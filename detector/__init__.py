@@ -28,13 +28,16 @@ from detector.engine.callbacks import (
 )
 from detector.engine.checkpoint import last_checkpoint, load_checkpoint, remove_stale_temporaries
 from detector.engine.distributed import is_main_process, local_devices, rank_environment
+from detector.engine.tracking_tensorboard import tensorboard_dir
 from detector.engine.trainer import FitResult, NonFiniteLossError, fit
 from detector.evaluate.coco import CocoMetrics
 from detector.export import ExportMismatchError, OnnxExport, ParityReport, export_onnx
 from detector.final import Final, finalize, test_metrics_file
+from detector.plots import PLOT_NAMES, plots_dir
 from detector.predict import DetectionOut, PredictOptions, Predictor, read_rgb
 
 __all__ = [
+    "PLOT_NAMES",
     "Callback",
     "CleanCoco",
     "CocoMetrics",
@@ -72,6 +75,7 @@ __all__ = [
     "load_coco",
     "load_recipe",
     "local_devices",
+    "plots_dir",
     "rank_environment",
     "read_card",
     "read_rgb",
@@ -81,6 +85,7 @@ __all__ = [
     "save_model_file",
     "sha256_file",
     "start_payload",
+    "tensorboard_dir",
     "test_metrics_file",
     "validate_coco",
 ]

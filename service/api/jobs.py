@@ -97,6 +97,13 @@ def create_job(
             422, "unknown_recipe", f"no recipe {body.recipe!r}; available: {', '.join(names)}"
         )
     cfg = load_recipe(recipe_file, body.overrides, update=body.recipe_overrides)
+    if cfg.tracking.mlflow_uri is not None:  # the service's alone (service/worker/recipe.py)
+        raise ApiError(
+            422,
+            "invalid_recipe",
+            "tracking.mlflow_uri: a job cannot name a tracking server; the service's is "
+            "RETINANET_MLFLOW_URI",
+        )
     check_job_datasets(
         session,
         train_id=body.train_dataset_id,

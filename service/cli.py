@@ -112,6 +112,9 @@ def tensorboard_command(data_dir: Path, *, host: str, port: int) -> list[str]:
 
 def cmd_tensorboard(args: argparse.Namespace) -> int:
     data_dir = args.data_dir if args.data_dir is not None else Settings().data_dir
+    if not (Storage(data_dir).root / "jobs").is_dir():
+        print(f"retinanet tensorboard: error: no jobs under {data_dir}", file=sys.stderr)
+        return 1
     command = tensorboard_command(data_dir, host=args.host, port=args.port)
     print(shlex.join(command), flush=True)
     if args.print_only:

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
             return tuple(v.strip().lower() for v in value.split(",") if v.strip())
         return value
 
+    @field_validator("mlflow_uri", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'retinanet.db').resolve()}"

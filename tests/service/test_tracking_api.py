@@ -193,3 +193,8 @@ def test_tensorboard_command_serves_every_job(job: TrainedJob) -> None:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert f"--logdir {job.settings.data_dir / 'jobs'}" in printed and "--port 6123" in printed
+    missing = subprocess.run(
+        [sys.executable, "-m", "service.cli", "tensorboard", str(job.settings.data_dir / "x")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "no jobs under" in missing.stderr

@@ -28,15 +28,18 @@ from detector.engine.callbacks import (
 )
 from detector.engine.checkpoint import last_checkpoint, load_checkpoint, remove_stale_temporaries
 from detector.engine.distributed import is_main_process, local_devices, rank_environment
+from detector.engine.tracking_tensorboard import tensorboard_dir
 from detector.engine.trainer import FitResult, NonFiniteLossError, fit
 from detector.evaluate.coco import CocoMetrics
 from detector.export import ExportMismatchError, OnnxExport, ParityReport, export_onnx
 from detector.final import Final, finalize, test_metrics_file
 from detector.model.weight_names import is_weights_name
 from detector.onnx_network import OnnxNetworkError, onnxruntime_predictor
+from detector.plots import PLOT_NAMES, plots_dir
 from detector.predict import DetectionOut, PredictOptions, Predictor, read_rgb
 
 __all__ = [
+    "PLOT_NAMES",
     "Callback",
     "CleanCoco",
     "CocoMetrics",
@@ -77,6 +80,7 @@ __all__ = [
     "load_recipe",
     "local_devices",
     "onnxruntime_predictor",
+    "plots_dir",
     "rank_environment",
     "read_card",
     "read_rgb",
@@ -86,6 +90,7 @@ __all__ = [
     "save_model_file",
     "sha256_file",
     "start_payload",
+    "tensorboard_dir",
     "test_metrics_file",
     "validate_coco",
 ]

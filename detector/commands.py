@@ -24,6 +24,7 @@ from detector.data.validate import DatasetError, load_coco, validate_coco
 from detector.draw import draw_detections
 from detector.engine.callbacks import JsonlEvents, ProgressBar, StopOnSignal
 from detector.engine.checkpoint import checkpoint_dir, last_checkpoint
+from detector.engine.tracking_tensorboard import tensorboard_dir
 from detector.engine.trainer import AnchorFitWarning, NonFiniteLossError, fit
 from detector.export import ExportMismatchError, export_onnx
 from detector.final import finalize
@@ -245,6 +246,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     final = finalize(cfg, args.out)
     if final.test_metrics is not None:
         print(f"\ntest ({final.checkpoint.name}):\n" + final.test_metrics.to_table())
+    for plot in final.plots:
+        print(f"plot: {plot}")
+    if cfg.tracking.tensorboard:
+        print(f"tensorboard --logdir {tensorboard_dir(args.out)}")
     return EXIT_OK
 
 

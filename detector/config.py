@@ -280,6 +280,33 @@ class EarlyStoppingConfig(_Frozen):
         return known_metric(name)
 
 
+MlflowKey = Annotated[str, Field(min_length=1, max_length=250)]
+MlflowValue = Annotated[str, Field(max_length=5000)]
+
+
+class TrackingConfig(_Frozen):
+    """Experiment tracking (see ``detector.engine.tracking``): TensorBoard event files in the
+    run folder, and an MLflow run when a tracking URI is set. Neither may fail or stall the
+    training: MLflow calls go through a background thread with bounded retries."""
+
+    tensorboard: bool = True
+    """Write TensorBoard event files under ``<run>/tensorboard`` (false: none are written)."""
+    images: Annotated[int, Field(ge=0, le=32)] = 4
+    """Validation images drawn (true boxes | predicted boxes) in TensorBoard per evaluation."""
+    mlflow_uri: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
+    """An MLflow tracking URI (``http://host:5000``, ``sqlite:///mlflow.db``, ...): each run
+    becomes an MLflow run. The service sets it from ``RETINANET_MLFLOW_URI``."""
+    experiment: MlflowKey = "retinanet"
+    """The MLflow experiment the runs go to (created when missing)."""
+    run_name: MlflowKey | None = None
+    """The MLflow run's name (the service: the job id); default: the run folder's name."""
+    tags: dict[MlflowKey, MlflowValue] = Field(default_factory=dict, max_length=64)
+    """Tags of the MLflow run (the service adds the job and dataset ids)."""
+    mlflow_wait_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    """The longest the end of a run waits for MLflow calls still queued (a server that is
+    down); what is left is dropped with a warning."""
+
+
 class TrainConfig(_Frozen):
     """A whole training recipe."""
 
@@ -289,6 +316,7 @@ class TrainConfig(_Frozen):
     solver: SolverConfig = SolverConfig(max_iters=90_000, steps=(60_000, 80_000))
     eval: EvalConfig = EvalConfig()
     early_stopping: EarlyStoppingConfig | None = None
+    tracking: TrackingConfig = TrackingConfig()
     checkpoint_period_iters: PositiveInt = 500
     """``last.pt`` is also written at every epoch end and when a run stops early."""
     seed: NonNegativeInt = 0

@@ -10,7 +10,17 @@ from pathlib import Path
 from anyio import to_thread
 from fastapi import Depends, FastAPI
 
-from service.api import datasets, health, jobs, models, predict, recipes, studies, workers
+from service.api import (
+    datasets,
+    health,
+    jobs,
+    models,
+    predict,
+    recipes,
+    studies,
+    tracking,
+    workers,
+)
 from service.api.deps import require_api_key
 from service.api.limits import BodyLimits
 from service.api.openapi import install_openapi
@@ -63,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
     protected = [Depends(require_api_key)]
     app.include_router(datasets.router, dependencies=protected)
     app.include_router(jobs.router, dependencies=protected)
+    app.include_router(tracking.router, dependencies=protected)
     app.include_router(models.router, dependencies=protected)
     app.include_router(predict.router, dependencies=protected)
     app.include_router(workers.router, dependencies=protected)

@@ -1,15 +1,20 @@
 """The ``retinanet`` command with the service's subcommands: serve, worker, migrate, study,
-hash-key."""
+hash-key, tensorboard."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from detector import cli_main
 from service.logs import configure_logging
 from service.settings import Settings, hash_key
+from service.storage import Storage
 from service.studies.local import add_study_command
 
 KEEP_ALIVE_S = 30
@@ -34,6 +39,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(handler=cmd_migrate)
 
     add_study_command(sub)
+    p = sub.add_parser(
+        "tensorboard", help="TensorBoard over every job of a data dir (runs named by job id)"
+    )
+    p.add_argument(
+        "data_dir", type=Path, nargs="?", default=None, help="default: RETINANET_DATA_DIR"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=6006)
+    p.add_argument(
+        "--print-only", action="store_true", help="print the tensorboard command, do not run it"
+    )
+    p.set_defaults(handler=cmd_tensorboard)
 
     p = sub.add_parser("hash-key", help="print the digest to put in RETINANET_API_KEY_HASHES")
     p.add_argument("key")
@@ -83,6 +100,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     migrate(settings.db_url)
     print(f"database at head: {settings.db_url.split('@')[-1]}")
     return 0
+
+
+def tensorboard_command(data_dir: Path, *, host: str, port: int) -> list[str]:
+    """TensorBoard (the ``tensorboard`` package's own server) over ``data_dir/jobs``: each
+    job's events are in ``jobs/<id>/tensorboard``, so its run is named ``<id>/tensorboard``."""
+    logdir = Storage(data_dir).root / "jobs"
+    return [
+        sys.executable, "-m", "tensorboard.main",
+        "--logdir", str(logdir), "--host", host, "--port", str(port),
+    ]  # fmt: skip
+
+
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir if args.data_dir is not None else Settings().data_dir
+    if not (Storage(data_dir).root / "jobs").is_dir():
+        print(f"retinanet tensorboard: error: no jobs under {data_dir}", file=sys.stderr)
+        return 1
+    command = tensorboard_command(data_dir, host=args.host, port=args.port)
+    print(shlex.join(command), flush=True)
+    if args.print_only:
+        return 0
+    print(f"TensorBoard at http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_hash_key(args: argparse.Namespace) -> int:

@@ -76,12 +76,21 @@ class Settings(BaseSettings):
     predict_max_pixels: Annotated[int, Field(gt=0)] = 40_000_000
     """Larger images are refused before decoding (decompression bombs)."""
 
+    mlflow_uri: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
+    """An MLflow tracking URI (``http://mlflow:5000``): each job becomes an MLflow run there
+    (the worker sets the job recipe's ``tracking.mlflow_uri``; a job cannot name its own)."""
+
     @field_validator("api_key_hashes", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(v.strip().lower() for v in value.split(",") if v.strip())
         return value
+
+    @field_validator("mlflow_uri", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def db_url(self) -> str:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from detector import test_metrics_file
+from detector import plots_dir, tensorboard_dir, test_metrics_file
 
 LEFTOVER_AGE_S = 3600.0
 """Staging folders and temporary exports older than this are a crashed request's leftovers:
@@ -39,6 +39,14 @@ class Storage:
     def test_metrics_file(self, job_id: str) -> Path:
         """The job's test-set metrics; where ``detector.finalize`` writes them."""
         return test_metrics_file(self.job_dir(job_id))
+
+    def tensorboard_dir(self, job_id: str) -> Path:
+        """The job's TensorBoard event files (``detector.tensorboard_dir``)."""
+        return tensorboard_dir(self.job_dir(job_id))
+
+    def plot_file(self, job_id: str, name: str) -> Path:
+        """One of the job's PNG plots (``detector.PLOT_NAMES``), drawn when it ends."""
+        return plots_dir(self.job_dir(job_id)) / name
 
     def error_file(self, job_id: str) -> Path:
         """Why the job's last attempt failed, in the child's words (absent: it did not)."""

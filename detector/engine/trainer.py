@@ -39,6 +39,7 @@ from detector.engine.checkpoint import (
 from detector.engine.distributed import from_env
 from detector.engine.optim import build_optimizer, build_scheduler, total_iterations
 from detector.engine.throughput import Throughput
+from detector.engine.tracking import tracking_callbacks
 from detector.evaluate.coco import CocoMetrics, score_detections
 from detector.evaluate.runner import predict_dataset, validation_loss
 from detector.model.anchor_fit import anchor_fit
@@ -152,6 +153,9 @@ class Trainer:
                     period_iters=cfg.checkpoint_period_iters,
                     metric=cfg.eval.metric,
                 )
+            )
+            self.callbacks += tracking_callbacks(
+                cfg, workdir, model=self.model, val_set=self.val_set, device=self.device
             )
         if cfg.early_stopping is not None:
             es = cfg.early_stopping

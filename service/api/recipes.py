@@ -47,12 +47,21 @@ def resolve_recipe(
 ) -> TrainConfig:
     """The resolved recipe; 422 ``unknown_recipe`` for a name the folder lacks (a bad key or
     value raises ``RecipeError``, which the API answers 422 naming it), and a refusal for
-    initial weights the request may not name (a server path)."""
+    what a request may not name: initial weights on a server path, a tracking server (a
+    ``file://`` URI would have the worker write where the job asks)."""
     recipe_file = settings.recipes_dir / f"{name}.yaml"
     if not recipe_file.is_file():
         names = sorted(p.stem for p in settings.recipes_dir.glob("*.yaml"))
         raise ApiError(422, "unknown_recipe", f"no recipe {name!r}; available: {', '.join(names)}")
     cfg = load_recipe(recipe_file, list(overrides), update=dict(update))
+    if cfg.tracking.mlflow_uri is not None:  # the service's alone (service/worker/recipe.py)
+        raise ApiError(
+            422,
+            "invalid_recipe",
+            "tracking.mlflow_uri: a job cannot name a tracking server; the service's is "
+            "RETINANET_MLFLOW_URI",
+            {"keys": ["tracking.mlflow_uri"]},
+        )
     return resolve_job_weights(
         session, cfg, recipe=load_recipe(recipe_file), data_dir=settings.data_dir
     )

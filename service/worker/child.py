@@ -35,7 +35,7 @@ def run_child(settings: Settings, job_id: str, token: int) -> None:
     log = redirect_output(storage.log_file(job_id))
     sessions = session_factory(make_engine(settings.db_url))
     try:
-        devices = write_job_recipe(sessions, job_id, workdir)
+        devices = write_job_recipe(sessions, job_id, workdir, mlflow_uri=settings.mlflow_uri)
     except Exception as exc:
         os._exit(
             record_failure(

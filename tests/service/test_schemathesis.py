@@ -170,4 +170,4 @@ def test_every_route_is_fuzzed(fuzzed: Fuzzed) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", fuzzed.app)
     labels = {result.ok().label for result in schema.get_all_operations()}  # type: ignore[union-attr]
     assert labels == {label for label, _, _ in (p.values for p in _cases())}
-    assert len(labels) == 32
+    assert len(labels) == 35

@@ -5,6 +5,7 @@ walks ``service/`` and refuses any deeper import).
 """
 
 from detector.artifact import ModelCard, ModelFileError, read_card, save_model_file, sha256_file
+from detector.commands import data_overrides
 from detector.commands import main as cli_main
 from detector.config import RecipeError, TrainConfig, check_nesting, load_recipe, recipe_from_dict
 from detector.data.images import is_clean_text, is_file_name
@@ -67,6 +68,7 @@ __all__ = [
     "ValidationReport",
     "check_nesting",
     "cli_main",
+    "data_overrides",
     "export_onnx",
     "finalize",
     "fit",

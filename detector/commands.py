@@ -211,7 +211,7 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = load_recipe(args.recipe, [*_data_overrides(args), *args.overrides])
+    cfg = load_recipe(args.recipe, [*data_overrides(args), *args.overrides])
     if cfg.data.test is not None:  # scored at the end: a wrong path must not wait for it
         _require_file(cfg.data.test.annotations, "test annotations")
     stopper = StopOnSignal((signal.SIGTERM, signal.SIGINT))
@@ -323,7 +323,8 @@ def _add_data_args(
     )
 
 
-def _data_overrides(args: argparse.Namespace) -> list[str]:
+def data_overrides(args: argparse.Namespace) -> list[str]:
+    """The recipe overrides that ``--data-train/--data-val/--data-test`` pairs stand for."""
     out = []
     for split in ("train", "val", "test"):
         pair = getattr(args, f"data_{split}")

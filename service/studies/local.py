@@ -17,7 +17,16 @@ from typing import Any
 
 import yaml
 
-from detector import Callback, EpochEvent, ProgressBar, RecipeError, Trainer, fit, last_checkpoint
+from detector import (
+    Callback,
+    EpochEvent,
+    ProgressBar,
+    RecipeError,
+    Trainer,
+    data_overrides,
+    fit,
+    last_checkpoint,
+)
 from detector import load_recipe as resolve
 from service.studies.grid import Cell, cells_of, job_overrides, seeds_of
 from service.studies.table import JobResult, best_epoch, study_table, to_text
@@ -86,7 +95,7 @@ def _split(text: str) -> list[str]:
 
 def cmd_study(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid)
-    base = [*_data(args), *args.overrides]
+    base = [*data_overrides(args), *args.overrides]
     base_seed = resolve(args.recipe, base).seed
     for key, values in grid.items():  # each value alone first: the error names its key
         for value in values:
@@ -131,12 +140,3 @@ def run_job(recipe: Path, overrides: list[str], workdir: Path, cell: int, seed: 
         job_id=workdir.name, cell=cell, seed=seed, status="succeeded",
         best=best_epoch(result["history"]), wall_s=result["wall_s"],
     )  # fmt: skip
-
-
-def _data(args: argparse.Namespace) -> list[str]:
-    out = []
-    for split in ("train", "val", "test"):
-        pair = getattr(args, f"data_{split}")
-        if pair is not None:
-            out += [f"data.{split}.annotations={pair[0]}", f"data.{split}.images={pair[1]}"]
-    return out

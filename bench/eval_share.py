@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from detector.config import load_recipe
 from detector.data.coco import CocoDetection
 from detector.engine.trainer import fit
 from detector.evaluate.backends import EVAL_BACKENDS
 from detector.evaluate.coco import score_detections
 from detector.evaluate.runner import predict_dataset, validation_loss
 from detector.predict import Predictor
+from detector.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,10 +27,10 @@ import torch
 from torchvision import tv_tensors
 
 from detector import PredictOptions, Predictor, onnxruntime_predictor, sha256_file
-from detector.config import load_recipe
 from detector.data.shapes import ShapesSpec, make_shapes_splits
 from detector.engine.trainer import fit
 from detector.model.postprocess import pad_batch
+from detector.recipe import load_recipe
 from service.images import decode_upload
 from service.schemas import ImageDetections, PredictPublic
 

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from detector.config import TrainConfig, load_recipe
+from detector.config import TrainConfig
 from detector.data.shapes import ShapesSpec, make_shapes_splits
 from detector.engine.trainer import fit
+from detector.recipe import load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -15,9 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: import the package from the repo
     sys.path.insert(0, str(REPO))
 
-from detector.config import TrainConfig, load_recipe  # noqa: E402
+from detector.config import TrainConfig  # noqa: E402
 from detector.engine.optim import build_optimizer  # noqa: E402
 from detector.model.build import build_model  # noqa: E402
+from detector.recipe import load_recipe  # noqa: E402
 
 NUM_CLASSES = 3
 REFERENCE = "stock"

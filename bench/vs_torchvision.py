@@ -48,12 +48,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: import the package from the repo
     sys.path.insert(0, str(REPO))
 
-from detector.config import TrainConfig, load_recipe  # noqa: E402
+from detector.config import TrainConfig  # noqa: E402
 from detector.data.coco import CocoDetection  # noqa: E402
 from detector.engine.checkpoint import final_checkpoint  # noqa: E402
 from detector.engine.trainer import fit  # noqa: E402
 from detector.evaluate.coco import CocoMetrics, Detection, score_detections  # noqa: E402
 from detector.predict import Predictor  # noqa: E402
+from detector.recipe import load_recipe  # noqa: E402
 
 RUNS = ("torchvision-focal", "torchvision-ce", "ours")
 

@@ -7,7 +7,7 @@ walks ``service/`` and refuses any deeper import).
 from detector.artifact import ModelCard, ModelFileError, read_card, save_model_file, sha256_file
 from detector.commands import data_overrides
 from detector.commands import main as cli_main
-from detector.config import RecipeError, TrainConfig, check_nesting, load_recipe, recipe_from_dict
+from detector.config import TrainConfig
 from detector.data.images import is_clean_text, is_file_name
 from detector.data.validate import (
     CleanCoco,
@@ -38,6 +38,7 @@ from detector.model.weight_names import is_weights_name
 from detector.onnx_network import OnnxNetworkError, onnxruntime_predictor
 from detector.plots import PLOT_NAMES, plots_dir
 from detector.predict import DetectionOut, PredictOptions, Predictor, read_rgb
+from detector.recipe import RecipeError, check_nesting, load_recipe, recipe_from_dict
 
 __all__ = [
     "PLOT_NAMES",

@@ -18,7 +18,6 @@ from pathlib import Path
 import yaml
 
 from detector.artifact import save_model_file
-from detector.config import RecipeError, load_recipe
 from detector.data.shapes import SHAPES, ShapesSpec, make_shapes_splits
 from detector.data.validate import DatasetError, load_coco, validate_coco
 from detector.draw import draw_detections
@@ -31,6 +30,7 @@ from detector.final import finalize
 from detector.model.anchor_fit import anchor_fit
 from detector.model.weights import WeightsError
 from detector.predict import PredictOptions, Predictor, read_rgb
+from detector.recipe import RecipeError, load_recipe
 from detector.weights_commands import add_weights_commands
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

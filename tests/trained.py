@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from detector.config import TrainConfig, load_recipe
+from detector.config import TrainConfig
 from detector.engine.trainer import FitResult
+from detector.recipe import load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

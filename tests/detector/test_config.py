@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from detector.config import RecipeError, TrainConfig, load_recipe, parse_override
+from detector.config import TrainConfig
+from detector.recipe import RecipeError, load_recipe, parse_override
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.config import load_recipe
 from detector.data.validate import Category, CleanCoco, ImageRecord, ValidationReport
 from detector.evaluate.backends import EVAL_BACKENDS, run_cocoeval
 from detector.evaluate.coco import CLASS_KEYS, SUMMARY_KEYS, CocoMetrics, Detection, coco_dict
 from detector.evaluate.coco import score_detections as score
+from detector.recipe import load_recipe
 
 TOL = 1e-9
 CATEGORIES = {1: "a", 2: "b", 5: "c", 7: "never_annotated", 9: "only_crowd"}

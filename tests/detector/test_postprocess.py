@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torchvision.models.detection import RetinaNet
 
-from detector.config import load_recipe
 from detector.model.build import build_model
 from detector.model.postprocess import DenseRetinaNet, SelectOptions, pad_batch, select_detections
+from detector.recipe import load_recipe
 from tests.trained import CONFIGS
 
 

@@ -15,10 +15,11 @@ import torchvision
 from torchvision.models.detection import retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2
 
 from detector.commands import main
-from detector.config import LossConfig, ModelConfig, RecipeError, load_recipe
+from detector.config import LossConfig, ModelConfig
 from detector.model.build import build_model
 from detector.model.weight_names import cache_dir
 from detector.model.weights import MissingWeightsError
+from detector.recipe import RecipeError, load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY = ModelConfig(

@@ -30,6 +30,7 @@ from service.worker.attempt import train_job
 from service.worker.exits import EXIT_OK
 from service.worker.loop import Worker
 from service.worker.recipe import write_job_recipe
+from tests.service.trained_job import register_shapes
 
 pytestmark = pytest.mark.slow
 
@@ -61,16 +62,7 @@ def job(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trai
         mlflow_uri=(root / "mlruns").as_uri(),
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        ids = []
-        for split in ("train", "val"):
-            dataset = {
-                "name": f"shapes-{split}",
-                "annotations": f"annotations/instances_{split}.json",
-                "images": "images",
-            }
-            response = client.post("/v1/datasets/register", headers=AUTH, json=dataset)
-            assert response.status_code == 201, response.text
-            ids.append(response.json()["id"])
+        ids = register_shapes(client, AUTH)
         body: dict[str, Any] = {
             "train_dataset_id": ids[0],
             "val_dataset_id": ids[1],

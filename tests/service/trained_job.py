@@ -41,11 +41,8 @@ def train_and_settle(settings: Settings, job_id: str, shapes: Path, workdir: Pat
         engine.dispose()
 
 
-def succeeded_job(
-    client: TestClient, settings: Settings, trained_run: TrainedRun, auth: dict[str, str]
-) -> str:
-    """A job over ``trained_run``'s shapes whose model is that run's (really trained)
-    ``best.pt``, settled by the worker's code; returns the job id."""
+def register_shapes(client: TestClient, auth: dict[str, str]) -> list[str]:
+    """The ids of the shapes' train and val splits, registered from the dataset root."""
     ids = []
     for split in ("train", "val"):
         body = {
@@ -56,6 +53,15 @@ def succeeded_job(
         response = client.post("/v1/datasets/register", headers=auth, json=body)
         assert response.status_code == 201, response.text
         ids.append(response.json()["id"])
+    return ids
+
+
+def succeeded_job(
+    client: TestClient, settings: Settings, trained_run: TrainedRun, auth: dict[str, str]
+) -> str:
+    """A job over ``trained_run``'s shapes whose model is that run's (really trained)
+    ``best.pt``, settled by the worker's code; returns the job id."""
+    ids = register_shapes(client, auth)
     job = client.post(
         "/v1/jobs", headers=auth, json={"train_dataset_id": ids[0], "val_dataset_id": ids[1]}
     ).json()

@@ -53,11 +53,13 @@ MAX_TAGS = 16
 ServerPath = Annotated[Text, Field(min_length=1, max_length=4096)]
 
 
-class _Body(BaseModel):
+class Body(BaseModel):
+    """The base of every request and response body: frozen, no unknown keys, finite numbers."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-class Readiness(_Body):
+class Readiness(Body):
     """``/health``'s answer; on 503, ``database`` or ``worker_last_seen_s`` says why."""
 
     status: Literal["ok", "unavailable"]
@@ -67,7 +69,7 @@ class Readiness(_Body):
     )
 
 
-class DatasetRegister(_Body):
+class DatasetRegister(Body):
     """Register a COCO dataset already on the server, under the configured dataset root."""
 
     name: DatasetName
@@ -113,52 +115,12 @@ class DatasetReport(ValidationReport):
         }
 
 
-class FieldError(_Body):
-    """One problem of a malformed request: where it is and what is wrong."""
-
-    loc: list[str | int] = Field(description='where: e.g. ["body", "overrides", 0]')
-    message: str
-    type: str = Field(description="pydantic's error type, e.g. missing, greater_than_equal")
-
-
-class ArchiveEntry(_Body):
-    """The zip entry an archive refusal is about (None: the archive as a whole)."""
-
-    entry: str | None
-
-
-class RecipeKeys(_Body):
-    """The dotted recipe keys a refusal is about (a study's grid, initial weights)."""
-
-    keys: list[str] = Field(description='e.g. ["loss.gamma"] or ["model.weights"]')
-
-
-class ErrorDetail(_Body):
-    code: str = Field(description="stable, for programs: not_found, invalid_request, ...")
-    message: str = Field(description="for people")
-    details: list[FieldError] | DatasetReport | ParityReport | ArchiveEntry | RecipeKeys | None = (
-        Field(
-            default=None,
-            description="what was refused, by code: invalid_request: the fields; invalid_dataset:"
-            " the validation report; export_mismatch: the parity report; invalid_archive,"
-            " unsafe_archive...: the entry; invalid_grid, too_many_jobs, invalid_recipe (weights):"
-            " the recipe keys; otherwise none",
-        )
-    )
-
-
-class ErrorBody(_Body):
-    """Every error response: ``{"error": {"code", "message", "details"}}``."""
-
-    error: ErrorDetail
-
-
-class Category(_Body):
+class Category(Body):
     id: int = Field(description="COCO category id")
     name: str
 
 
-class DatasetPublic(_Body):
+class DatasetPublic(Body):
     model_config = ConfigDict(from_attributes=True, frozen=True)
 
     id: str
@@ -172,12 +134,12 @@ class DatasetPublic(_Body):
     report: DatasetReport = Field(description="the validator's report (warnings and info)")
 
 
-class DatasetsPublic(_Body):
+class DatasetsPublic(Body):
     data: list[DatasetPublic]
     count: int
 
 
-class JobCreate(_Body):
+class JobCreate(Body):
     train_dataset_id: ResourceId
     val_dataset_id: ResourceId | None = None
     test_dataset_id: ResourceId | None = None
@@ -207,7 +169,7 @@ class JobCreate(_Body):
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description="list filters")
 
 
-class Progress(_Body):
+class Progress(Body):
     epoch: int | None = None
     iteration: int | None = None
     max_iters: int | None = None
@@ -217,7 +179,7 @@ class Progress(_Body):
     eta_s: float | None = None
 
 
-class JobPublic(_Body):
+class JobPublic(Body):
     id: str
     name: str | None = None
     tags: list[str] = Field(default_factory=list)
@@ -246,7 +208,7 @@ class JobPublic(_Body):
     finished_at: datetime | None
 
 
-class JobEventMessage(_Body):
+class JobEventMessage(Body):
     """One server-sent event of ``GET /v1/jobs/{id}/events``, as its fields arrive."""
 
     id: str = Field(description="the event's id: send it as Last-Event-ID to resume after it")
@@ -254,12 +216,12 @@ class JobEventMessage(_Body):
     data: str = Field(description="the event's payload, a JSON object")
 
 
-class JobsPublic(_Body):
+class JobsPublic(Body):
     data: list[JobPublic]
     count: int
 
 
-class EpochMetrics(_Body):
+class EpochMetrics(Body):
     epoch: int
     iteration: int
     train_losses: dict[str, float]
@@ -267,7 +229,7 @@ class EpochMetrics(_Body):
     metrics: CocoMetrics | None = Field(description="validation COCO metrics (None: not evaluated)")
 
 
-class MetricsPublic(_Body):
+class MetricsPublic(Body):
     job_id: str
     status: JobStatus
     latest: CocoMetrics | None = Field(description="the last validation COCO metrics")
@@ -275,7 +237,7 @@ class MetricsPublic(_Body):
     history: list[EpochMetrics]
 
 
-class ModelClass(_Body):
+class ModelClass(Body):
     id: int = Field(description="COCO category id")
     name: str
     score_threshold: float | None = Field(
@@ -283,7 +245,7 @@ class ModelClass(_Body):
     )
 
 
-class ModelPublic(_Body):
+class ModelPublic(Body):
     id: str
     name: str
     job_id: str | None
@@ -296,7 +258,7 @@ class ModelPublic(_Body):
     created_at: datetime
 
 
-class ModelsPublic(_Body):
+class ModelsPublic(Body):
     data: list[ModelPublic]
     count: int
 
@@ -312,19 +274,19 @@ class PredictForm(PredictOptions):
         return PredictOptions.model_validate(self.model_dump(exclude={"files"}))
 
 
-class ImageDetections(_Body):
+class ImageDetections(Body):
     file: str
     width: int
     height: int
     detections: list[DetectionOut] = Field(description="bbox: [x, y, w, h], original pixels")
 
 
-class PredictPublic(_Body):
+class PredictPublic(Body):
     model_id: str
     images: list[ImageDetections]
 
 
-class ExportRequest(_Body):
+class ExportRequest(Body):
     format: Literal["onnx"] = "onnx"
     input_size: (
         tuple[Annotated[int, Field(ge=32, le=4096)], Annotated[int, Field(ge=32, le=4096)]] | None
@@ -333,7 +295,7 @@ class ExportRequest(_Body):
     )
 
 
-class ExportPublic(_Body):
+class ExportPublic(Body):
     model_id: str
     format: Literal["onnx"]
     input_size: tuple[int, int]
@@ -343,7 +305,7 @@ class ExportPublic(_Body):
     download: str = Field(description="GET this path for the file")
 
 
-class WorkerPublic(_Body):
+class WorkerPublic(Body):
     id: str
     host: str
     pid: int
@@ -353,7 +315,7 @@ class WorkerPublic(_Body):
     job_id: str | None = Field(description="the job it is running, if any")
 
 
-class WorkersPublic(_Body):
+class WorkersPublic(Body):
     data: list[WorkerPublic]
     count: int
     max_devices: int = Field(
@@ -361,12 +323,12 @@ class WorkersPublic(_Body):
     )
 
 
-class SampleBox(_Body):
+class SampleBox(Body):
     category_id: int = Field(description="COCO category id")
     bbox: tuple[float, float, float, float] = Field(description="[x, y, w, h], image pixels")
 
 
-class DatasetSample(_Body):
+class DatasetSample(Body):
     """One image of a dataset with its boxes as its annotation file has them."""
 
     image_id: int
@@ -377,12 +339,12 @@ class DatasetSample(_Body):
     url: str = Field(description="GET this path for the image file")
 
 
-class DatasetSamples(_Body):
+class DatasetSamples(Body):
     data: list[DatasetSample]
     count: int = Field(description="images in the dataset's annotation file")
 
 
-class JobHistoryEntry(_Body):
+class JobHistoryEntry(Body):
     """A claim, a training start (or resume), a status change or an error of a job."""
 
     id: int
@@ -397,16 +359,16 @@ class JobHistoryEntry(_Body):
     message: str | None = Field(default=None, description="the reason or the error")
 
 
-class JobHistory(_Body):
+class JobHistory(Body):
     job_id: str
     data: list[JobHistoryEntry]
 
 
-class RecipePublic(_Body):
+class RecipePublic(Body):
     name: str
     recipe: TrainConfig = Field(description="the resolved recipe, bases merged")
 
 
-class RecipesPublic(_Body):
+class RecipesPublic(Body):
     data: list[RecipePublic]
     count: int

@@ -7,7 +7,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import Field, field_validator
 
-from service.schemas import JobCreate, LabelName, Text, _Body
+from service.schemas import Body, JobCreate, LabelName, Text
 from service.store.tables import JobStatus
 
 GRID_KEY_PATTERN = r"^[a-z_][a-z0-9_]*(\.[a-z0-9_]+)*$"
@@ -24,7 +24,7 @@ CE_OVERRIDE = "loss.classification=alpha_balanced_ce"
 """The baseline cell's own override: the paper's alpha-balanced cross-entropy."""
 
 
-class Pruning(_Body):
+class Pruning(Body):
     """The median rule (Optuna's ``MedianPruner``): a focal job whose validation AP at
     ``epoch`` is below the median of the other jobs of its study that reached that epoch
     before it (at least ``min_peers`` of them) is stopped and marked pruned. The baseline is
@@ -34,7 +34,7 @@ class Pruning(_Body):
     min_peers: int = Field(default=2, ge=1, le=1000)
 
 
-class StudyCreate(_Body):
+class StudyCreate(Body):
     name: LabelName | None = None
     base: JobCreate = Field(description="the job every cell starts from (its name, tags too)")
     grid: dict[GridKey, Annotated[list[GridValue], Field(min_length=1, max_length=64)]] = Field(
@@ -60,7 +60,7 @@ class StudyCreate(_Body):
         return grid
 
 
-class Spread(_Body):
+class Spread(Body):
     """Mean and spread over a cell's finished seeds (values as the evaluator gives them:
     0..1). ``spread``: the sample standard deviation from 3 seeds on, half the range
     (max - min) / 2 with 2, None with 1 (unknown)."""
@@ -72,7 +72,7 @@ class Spread(_Body):
     n: int
 
 
-class CellRow(_Body):
+class CellRow(Body):
     values: dict[str, GridValue] = Field(description="the grid's values of this cell")
     baseline: bool
     label: str
@@ -88,14 +88,14 @@ class CellRow(_Body):
     wall_s: Spread
 
 
-class Verdict(_Body):
+class Verdict(Body):
     kind: Literal["focal_wins", "ce_wins", "no_clear_winner", "pending", "no_baseline"]
     text: str
     lead_ap: float | None = Field(description="best focal cell minus the baseline, AP (0..1)")
     spread_ap: float | None = Field(description="the larger seed spread of the two")
 
 
-class StudyTable(_Body):
+class StudyTable(Body):
     metric_source: str = Field(description="which validation epoch of each job the numbers are")
     spread_rule: str
     cells: list[CellRow]
@@ -108,7 +108,7 @@ class StudyTable(_Body):
 StudyStatus = Literal["queued", "running", "finished"]
 
 
-class StudySummary(_Body):
+class StudySummary(Body):
     id: str
     name: str | None
     status: StudyStatus
@@ -125,7 +125,7 @@ class StudyPublic(StudySummary):
     table: StudyTable
 
 
-class StudiesPublic(_Body):
+class StudiesPublic(Body):
     data: list[StudySummary]
     count: int
 

@@ -31,6 +31,7 @@ from service.api.deps import (
     require_multipart,
 )
 from service.api.limits import check_disk_space, unpacked_size
+from service.error_schemas import ErrorBody
 from service.errors import ApiError
 from service.ingest import Located, resolve_under, unpack_zip, upload_label
 from service.schemas import (
@@ -41,7 +42,6 @@ from service.schemas import (
     DatasetSample,
     DatasetSamples,
     DatasetsPublic,
-    ErrorBody,
     SampleBox,
 )
 from service.settings import Settings

@@ -26,10 +26,10 @@ from service.api.deps import (
 )
 from service.api.recipes import resolve_recipe
 from service.clock import now
+from service.error_schemas import ErrorBody
 from service.schemas import (
     DB_INT_MAX,
     EpochMetrics,
-    ErrorBody,
     JobCreate,
     JobEventMessage,
     JobHistory,

@@ -30,15 +30,9 @@ from service.api.deps import (
     SessionsDep,
     StorageDep,
 )
+from service.error_schemas import ErrorBody
 from service.errors import ApiError
-from service.schemas import (
-    ErrorBody,
-    ExportPublic,
-    ExportRequest,
-    ModelClass,
-    ModelPublic,
-    ModelsPublic,
-)
+from service.schemas import ExportPublic, ExportRequest, ModelClass, ModelPublic, ModelsPublic
 from service.store import repo
 from service.store.db import Sessions
 from service.store.tables import Model

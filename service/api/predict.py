@@ -25,10 +25,11 @@ from service.api.deps import (
     SettingsDep,
     require_multipart,
 )
+from service.error_schemas import ErrorBody
 from service.errors import ApiError
 from service.images import decode_upload
 from service.inference import ModelCache, Overloaded
-from service.schemas import ErrorBody, ImageDetections, PredictForm, PredictPublic
+from service.schemas import ImageDetections, PredictForm, PredictPublic
 from service.settings import Settings
 from service.store import repo
 from service.store.db import Sessions

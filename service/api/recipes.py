@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 
 from detector import RecipeError, TrainConfig, load_recipe
 from service.api.deps import SettingsDep
+from service.error_schemas import ErrorBody
 from service.errors import ApiError
-from service.schemas import ErrorBody, RecipePublic, RecipesPublic
+from service.schemas import RecipePublic, RecipesPublic
 from service.settings import Settings
 from service.store.job_weights import resolve_job_weights
 

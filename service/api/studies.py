@@ -16,7 +16,8 @@ from service.api.deps import (
     SettingsDep,
 )
 from service.clock import now
-from service.schemas import ID_PATTERN, ErrorBody
+from service.error_schemas import ErrorBody
+from service.schemas import ID_PATTERN
 from service.store import studies as store
 from service.studies.plan import plan_study
 from service.studies.plot import plot_png

@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict
 
 from detector import PLOT_NAMES
 from service.api.deps import JobIdPath, ReadSessionDep, StorageDep
+from service.error_schemas import ErrorBody
 from service.errors import ApiError
-from service.schemas import ErrorBody
 from service.storage import Storage
 from service.store import repo
 

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from service.api.deps import ReadSessionDep, SettingsDep
-from service.schemas import ErrorBody, WorkerPublic, WorkersPublic
+from service.error_schemas import ErrorBody
+from service.schemas import WorkerPublic, WorkersPublic
 from service.store import repo
 from service.store.liveness import alive_since
 

@@ -86,7 +86,11 @@ class ModelConfig(_Frozen):
     """``v1``: the paper's RetinaNet (torchvision's ``retinanet_resnet50_fpn``: P6 from P5,
     heads without normalisation). ``v2``: torchvision's ``retinanet_resnet50_fpn_v2`` (P6 from
     C5, GroupNorm in the head towers; torchvision trains it with ``loss.box=giou``)."""
-    norm: Literal["frozen_bn", "bn"] = "frozen_bn"
+    norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
+    """The backbone's normalisation: ``frozen_bn`` (fine-tuning from ImageNet statistics),
+    ``bn`` (trained BatchNorm), ``gn`` (GroupNorm, up to 32 groups: no running statistics, so
+    evaluation matches training from the first epoch; for training from scratch at small
+    batches, as in He et al. 2019, "Rethinking ImageNet Pre-training")."""
     trainable_backbone_layers: Annotated[int, Field(ge=0, le=5)] = 3
     fpn_channels: Channels = 256
     head: Literal["focal", "torchvision"] = "focal"
@@ -146,6 +150,15 @@ class ModelConfig(_Frozen):
             raise ValueError(
                 f"variant v2 normalises the head with GroupNorm({GROUP_NORM_GROUPS}): "
                 f"head_channels ({self.head_channels}) must be a multiple of {GROUP_NORM_GROUPS}"
+            )
+        # Files of ours may hold GroupNorm weights; torchvision's never do.
+        if self.norm == "gn" and any(
+            ref is not None and is_weights_name(ref)
+            for ref in (self.backbone_weights, self.weights)
+        ):
+            raise ValueError(
+                "norm=gn has no BatchNorm statistics to load torchvision's weights into: "
+                "use norm=frozen_bn or bn with torchvision's weights"
             )
         return self
 

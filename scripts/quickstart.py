@@ -4,6 +4,7 @@ COCO metrics table, stop the service."""
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import signal
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 from detector.data.shapes import ShapesSpec, make_shapes_splits
 from detector.evaluate.coco import CocoMetrics
@@ -21,6 +23,33 @@ from service.client import Client
 from service.settings import hash_key
 
 WORK = Path(".quickstart")
+PREDICTIONS = WORK / "predictions.png"
+PREDICTION_TILES = 6
+
+
+def enlarged(paths: list[Path], *, factor: int = 3) -> list[Path]:
+    """Copies of the images ``factor`` times larger, so the labels drawn on them are legible
+    (the service resizes every image to the model's input size and answers in its pixels)."""
+    out = WORK / "preview"
+    out.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path in paths:
+        with Image.open(path) as im:
+            big = im.resize((im.width * factor, im.height * factor), Image.Resampling.BICUBIC)
+        big.save(out / path.name)
+        copies.append(out / path.name)
+    return copies
+
+
+def tile_row(images: list[Image.Image], *, gap_px: int = 4) -> Image.Image:
+    """The images side by side on white, top-aligned."""
+    width = sum(im.width for im in images) + gap_px * (len(images) - 1)
+    row = Image.new("RGB", (width, max(im.height for im in images)), "white")
+    x = 0
+    for im in images:
+        row.paste(im.convert("RGB"), (x, 0))
+        x += im.width + gap_px
+    return row
 
 
 def free_port() -> int:
@@ -82,7 +111,7 @@ def main() -> int:
                 f"val {val['id']} ({val['num_images']} images)"
             )
             job = client.create_job(
-                train_dataset_id=train["id"], val_dataset_id=val["id"], recipe="shapes_tiny"
+                train_dataset_id=train["id"], val_dataset_id=val["id"], recipe="shapes_quickstart"
             )
             print(f"job {job['id']} queued; following its events")
             for event in client.events(job["id"]):
@@ -123,6 +152,16 @@ def main() -> int:
                     f"  {det['category_name']:<8} {det['score']:.2f} "
                     f"at [{x:.0f}, {y:.0f}, {w:.0f}, {h:.0f}]"
                 )
+            drawn = [
+                Image.open(io.BytesIO(client.predict_png(model["id"], path)))
+                for path in enlarged(sorted((data / "images").glob("val_*.png"))[:PREDICTION_TILES])
+            ]
+            PREDICTIONS.parent.mkdir(parents=True, exist_ok=True)
+            tile_row(drawn).save(PREDICTIONS)
+            print(
+                f"predictions on {len(drawn)} validation images "
+                f"(POST /v1/models/{{id}}/predict/png) drawn to {PREDICTIONS}"
+            )
             return 0
     finally:
         server.send_signal(signal.SIGTERM)

@@ -8,7 +8,8 @@ Parameter names are torchvision's, so its RetinaNet files (``variant`` v1 or v2)
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -22,9 +23,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from detector.config import LossConfig, ModelConfig
+from detector.config import GROUP_NORM_GROUPS, LossConfig, ModelConfig
 from detector.model.heads import (
-    GROUP_NORM_GROUPS,
     BoxRegressionHead,
     FocalClassificationHead,
     FocalRetinaNetHead,
@@ -79,9 +79,16 @@ _Body = tuple[nn.Module, dict[str, str], list[int]]
 """A classification net's feature part, the children giving C3-C5, and their widths."""
 
 
+def _norm_layer(cfg: ModelConfig, *, bn_eps: float = 1e-5) -> Callable[[int], nn.Module]:
+    """The backbone's norm for ``channels`` features; GroupNorm takes the largest group count
+    up to 32 that divides them (MobileNet's 24- or 40-wide blocks)."""
+    if cfg.norm == "gn":
+        return lambda channels: nn.GroupNorm(math.gcd(GROUP_NORM_GROUPS, channels), channels)
+    return partial(FrozenBatchNorm2d if cfg.norm == "frozen_bn" else nn.BatchNorm2d, eps=bn_eps)
+
+
 def _resnet_body(cfg: ModelConfig) -> _Body:
-    norm_layer = FrozenBatchNorm2d if cfg.norm == "frozen_bn" else nn.BatchNorm2d
-    body = getattr(torchvision.models, cfg.backbone)(weights=None, norm_layer=norm_layer)
+    body = getattr(torchvision.models, cfg.backbone)(weights=None, norm_layer=_norm_layer(cfg))
     _load_backbone_weights(body, cfg)
     _freeze_stages(body, trainable=cfg.trainable_backbone_layers)
     c3_channels = body.inplanes // 4  # inplanes is C5's width after construction
@@ -95,8 +102,9 @@ def _resnet_body(cfg: ModelConfig) -> _Body:
 def _mobilenet_body(cfg: ModelConfig) -> _Body:
     """MobileNetV3-Large's ``features``; C3-C5 are the last blocks at strides 8, 16, 32."""
     # MobileNetV3 is trained with BatchNorm eps 1e-3; its ImageNet statistics assume it.
-    norm = partial(FrozenBatchNorm2d if cfg.norm == "frozen_bn" else nn.BatchNorm2d, eps=1e-3)
-    net = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=norm)
+    net = torchvision.models.mobilenet_v3_large(
+        weights=None, norm_layer=_norm_layer(cfg, bn_eps=1e-3)
+    )
     _load_backbone_weights(net, cfg)
     features = net.features
     # The strided blocks start the stages (as torchvision's _mobilenet_extractor finds them):

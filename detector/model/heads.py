@@ -27,6 +27,7 @@ from torchvision.models.detection.retinanet import (
 from torchvision.ops import box_area, generalized_box_iou_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
+from detector.config import GROUP_NORM_GROUPS
 from detector.model.losses import (
     alpha_balanced_ce,
     compiled,
@@ -37,7 +38,6 @@ from detector.model.losses import (
 
 BACKGROUND = -1
 IGNORE = -2
-GROUP_NORM_GROUPS = 32
 
 ClassificationLoss = Literal["sigmoid_focal", "alpha_balanced_ce", "softmax_focal"]
 BoxLoss = Literal["smooth_l1", "l1", "giou"]

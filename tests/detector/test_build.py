@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,30 @@ def test_stock_torchvision_head_as_a_reference() -> None:
     assert set(losses) == {"classification", "bbox_regression"}
     with pytest.raises(ValueError, match="head_convs=4 and head_channels=32"):
         ModelConfig.model_validate({**TINY.model_dump(), "head": "torchvision"})
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_large"])
+def test_group_norm_backbone_keeps_no_batch_statistics(backbone: str) -> None:
+    cfg = TINY.model_copy(update={"backbone": backbone, "norm": "gn"})
+    model = build_model(cfg, LossConfig(), num_classes=3)
+    body_norms = [m for m in model.backbone.body.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert body_norms and not any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    )
+    # The largest group count up to 32 that divides the width (MobileNet has 24-wide blocks).
+    assert all(m.num_groups == math.gcd(32, m.num_channels) for m in body_norms)
+    # Without running statistics, eval mode computes what train mode computes.
+    images = [torch.rand(3, 64, 64)]
+    features = model.backbone(torch.stack(images))
+    model.eval()
+    with torch.no_grad():
+        again = model.backbone(torch.stack(images))
+    assert all(torch.allclose(features[k], again[k], atol=1e-5) for k in features)
+
+
+def test_group_norm_backbone_refuses_torchvision_weights() -> None:
+    for weights in ({"backbone_weights": "imagenet"}, {"weights": "coco", "variant": "v2"}):
+        with pytest.raises(ValueError, match="norm=gn has no BatchNorm statistics"):
+            ModelConfig.model_validate(
+                {**TINY.model_dump(), "backbone": "resnet50", "norm": "gn", **weights}
+            )

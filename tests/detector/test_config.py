@@ -13,7 +13,9 @@ from detector.recipe import RecipeError, load_recipe, parse_override
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("name", ["base", "shapes_tiny", "bccd_r18", "coco_r50_1x"])
+@pytest.mark.parametrize(
+    "name", ["base", "shapes_tiny", "shapes_quickstart", "bccd_r18", "coco_r50_1x"]
+)
 def test_shipped_recipes_load(name: str) -> None:
     assert isinstance(load_recipe(CONFIGS / f"{name}.yaml"), TrainConfig)
 

@@ -76,7 +76,7 @@ def test_missing_file_names_the_file_the_folder_and_the_pull_command(torch_home:
 
 
 def test_recipes_refuse_names_of_other_architectures() -> None:
-    recipe = CONFIGS / "shapes_tiny.yaml"
+    recipe = CONFIGS / "bccd_r18.yaml"
     with pytest.raises(
         RecipeError,
         match=r"model.backbone_weights: .*ResNet50_Weights.IMAGENET1K_V2 are not weights for "
@@ -96,6 +96,8 @@ def test_recipes_refuse_names_of_other_architectures() -> None:
         )
     ok = load_recipe(recipe, ["model.backbone=resnet50", "model.variant=v2", "model.weights=coco"])
     assert ok.model.weights == "coco"
+    with pytest.raises(RecipeError, match=r"norm=gn has no BatchNorm statistics"):
+        load_recipe(recipe, ["model.norm=gn", "model.backbone_weights=imagenet"])
 
 
 def _coco_v2_state() -> dict[str, torch.Tensor]:

@@ -62,8 +62,11 @@ def _post(client: TestClient, body: dict[str, object], *overrides: str) -> Any:
 def test_torchvision_names_are_accepted_and_checked(
     client: TestClient, body: dict[str, object]
 ) -> None:
-    ok = _post(client, body, "model.backbone_weights=imagenet")
+    ok = _post(client, body, "model.norm=frozen_bn", "model.backbone_weights=imagenet")
     assert ok.status_code == 201 and ok.json()["recipe"]["model"]["backbone_weights"] == "imagenet"
+    # shapes_tiny trains GroupNorm from scratch: nowhere to put ImageNet's BatchNorm statistics.
+    gn = _post(client, body, "model.backbone_weights=imagenet")
+    assert gn.status_code == 422 and "norm=gn" in gn.json()["error"]["message"]
     wrong = _post(client, body, "model.backbone_weights=ResNet50_Weights.IMAGENET1K_V2")
     assert wrong.status_code == 422 and "model.backbone_weights" in wrong.json()["error"]["message"]
 

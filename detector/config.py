@@ -230,7 +230,8 @@ class SolverConfig(_Frozen):
     warmup_factor: Annotated[float, Field(gt=0, le=1)] = 0.001
     clip_grad_norm: PositiveFloat | None = None
     amp: Literal["off", "fp16", "bf16"] = "off"
-    """Mixed precision on CUDA; ignored on the CPU."""
+    """Mixed precision: bf16 on CUDA and on the CPU (fastest where the CPU has AMX or
+    AVX-512 BF16; see bench/cpu_train_step.py), fp16 on CUDA only (ignored on the CPU)."""
     channels_last: bool = False
     sync_batchnorm: bool = False
     """Data-parallel runs on CUDA: BatchNorm statistics over all GPUs' images."""

@@ -397,6 +397,9 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or cfg.solver.amp == "off":
-        return None
-    return torch.float16 if cfg.solver.amp == "fp16" else torch.bfloat16
+    """bf16 autocast on CUDA and on the CPU (oneDNN); fp16 on CUDA only."""
+    if cfg.solver.amp == "bf16":
+        return torch.bfloat16
+    if cfg.solver.amp == "fp16" and device.type == "cuda":
+        return torch.float16
+    return None

@@ -146,3 +146,55 @@ def test_early_stopping_fires(shapes: Path, tmp_path: Path) -> None:
     result = fit(cfg, tmp_path)
     assert result.stop_reason is not None and "AP50/circle" in result.stop_reason
     assert result.epochs == 3 and result.iterations == 18
+
+
+class Numerics(Callback):
+    """Records each step's summed loss and the dtypes and layouts the first conv computes in."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.dtypes: set[torch.dtype] = set()
+        self.channels_last: set[bool] = set()
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        conv = trainer.model.backbone.body.conv1
+
+        def record(module: torch.nn.Module, _: object, out: torch.Tensor) -> None:
+            self.dtypes.add(out.dtype)
+            self.channels_last.add(out.is_contiguous(memory_format=torch.channels_last))
+
+        conv.register_forward_hook(record)
+
+    def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
+        self.losses.append(sum(event.losses.values()))
+
+
+@pytest.mark.slow
+def test_bf16_autocast_and_channels_last_on_the_cpu_train_as_fp32_does(
+    shapes: Path, tmp_path: Path
+) -> None:
+    """``solver.amp=bf16`` runs the network in bf16 on the CPU (the 4x of
+    bench/cpu_train_step.py on AMX CPUs), and the run follows the fp32 run's loss curve."""
+    budget = (
+        "solver.epochs=4",
+        "solver.steps=[3]",
+        "solver.warmup_iters=4",
+        "eval.period_epochs=4",
+    )
+    runs = {}
+    for name, numerics in {
+        "fp32": (),
+        "bf16": ("solver.amp=bf16", "solver.channels_last=true"),
+    }.items():
+        runs[name] = Numerics()
+        fit(_recipe(shapes, *budget, *numerics), tmp_path / name, callbacks=[runs[name]])
+    # Validation (losses and metrics) runs in fp32 either way.
+    assert (runs["fp32"].dtypes, runs["bf16"].dtypes) == (
+        {torch.float32},
+        {torch.float32, torch.bfloat16},
+    )
+    assert runs["fp32"].channels_last == {False} and runs["bf16"].channels_last == {True}
+    first, last = runs["fp32"].losses[0], sum(runs["fp32"].losses[-6:]) / 6
+    bf16_last = sum(runs["bf16"].losses[-6:]) / 6
+    assert last < 0.6 * first, runs["fp32"].losses
+    assert bf16_last == pytest.approx(last, rel=0.15), (runs["fp32"].losses, runs["bf16"].losses)

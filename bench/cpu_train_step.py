@@ -26,7 +26,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -152,14 +152,6 @@ def _cycle(batches: list[Batch]) -> Iterator[Batch]:
         yield from batches
 
 
-def _timed(label: str, fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - start
-    print(f"  {label}: {seconds:.1f} s", flush=True)
-    return seconds
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--case", choices=sorted(CASES), default="bccd-r18")
@@ -182,8 +174,9 @@ def main() -> int:
     print(
         f"# CPU training step: {case.name} ({case.batch} x {case.height}x{case.width}), "
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, oneDNN bf16 "
-        f"{'yes' if torch.backends.mkldnn.is_available() else 'no'}, cores {os.cpu_count()}",
+        f"{torch.get_num_threads()} threads, cores {os.cpu_count()}, kernels "
+        f"{torch.backends.cpu.get_cpu_capability()}, native bf16 (oneDNN) "
+        f"{'yes' if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 'no (emulated: slow)'}",
         flush=True,
     )
     print("check (fresh copies of the same weights):", flush=True)
@@ -199,7 +192,10 @@ def main() -> int:
     print("warm-up (compiles where asked):", flush=True)
     trainees = {n: Trainee(cfg, state, VARIANTS[n]) for n in good}
     for name, trainee in trainees.items():
-        _timed(name, lambda t=trainee: [t.step(b) for b in batches[: args.warmup]])
+        start = time.perf_counter()
+        for batch in batches[: args.warmup]:
+            trainee.step(batch)
+        print(f"  {name}: {time.perf_counter() - start:.1f} s", flush=True)
     seconds = timed_rounds(trainees, batches, steps=args.steps, repeats=args.repeats)
     fp32 = statistics.median(seconds["fp32"])
     print("\n| variant | img/s median [min-max] | vs fp32 |\n|---|---|---|")

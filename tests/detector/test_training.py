@@ -15,6 +15,7 @@ from detector.data.transforms import build_transforms
 from detector.engine.callbacks import Callback, StepEvent, StopOnSignal, Trainer
 from detector.engine.checkpoint import BEST, LAST, load_checkpoint
 from detector.engine.trainer import NonFiniteLossError, fit
+from detector.engine.trainer import Trainer as TrainingLoop
 from detector.evaluate.runner import evaluate
 from detector.model.build import build_model
 from detector.predict import Predictor
@@ -157,6 +158,7 @@ class Numerics(Callback):
         self.channels_last: set[bool] = set()
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        assert isinstance(trainer, TrainingLoop)
         conv = trainer.model.backbone.body.conv1
 
         def record(module: torch.nn.Module, _: object, out: torch.Tensor) -> None:

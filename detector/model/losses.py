@@ -40,11 +40,13 @@ def sigmoid_focal_loss(
         gamma: focusing parameter >= 0; 0 gives the alpha-balanced cross-entropy.
         reduction: "none" -> float[..., K]; "mean" or "sum" -> a scalar.
     """
-    prob = torch.sigmoid(logits)
     # BCE-with-logits is log-sum-exp stable, so logits of +-100 stay finite.
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma
+    # 1 - p_t from sigmoid(-x) and sigmoid(x) directly: ``1 - p_t`` cancels to exactly 0 in
+    # fp32 once |logit| > ~17 (an easy negative), and (1 - p_t) ** gamma with gamma < 1 then
+    # has an infinite derivative, a NaN gradient (0.5 x 0 ** -0.5 x sigmoid' = inf x 0).
+    miss = targets * torch.sigmoid(-logits) + (1 - targets) * torch.sigmoid(logits)
+    loss = ce * _modulation(miss, gamma)
     loss = _apply_alpha(loss, targets, alpha)
     return _reduce(loss, reduction)
 
@@ -80,12 +82,23 @@ def softmax_focal_loss(
         reduction: "none" -> float[N]; "mean" or "sum" -> a scalar.
     """
     log_p = F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    loss = -((1 - log_p.exp()) ** gamma) * log_p
+    loss = -_modulation(-torch.expm1(log_p), gamma) * log_p
     if isinstance(alpha, Tensor):
         loss = loss * alpha.to(loss)[targets]
     elif alpha is not None and alpha >= 0:
         loss = loss * alpha
     return _reduce(loss, reduction)
+
+
+def _modulation(miss: Tensor, gamma: float) -> Tensor:
+    """``miss ** gamma`` (``miss = 1 - p_t``), with a finite gradient where ``miss`` is 0.
+
+    The floor is the dtype's smallest normal number: below any value a loss can tell apart,
+    and where it applies the clamp passes no gradient, so ``0 ** (gamma - 1)`` is never used.
+    """
+    if gamma == 0:
+        return torch.ones_like(miss)
+    return miss.clamp(min=torch.finfo(miss.dtype).tiny) ** gamma
 
 
 AUTO_ALPHA_MEAN = 0.25

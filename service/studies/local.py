@@ -20,6 +20,7 @@ import yaml
 from detector import (
     Callback,
     EpochEvent,
+    NonFiniteLossError,
     ProgressBar,
     RecipeError,
     Trainer,
@@ -121,7 +122,11 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def run_job(recipe: Path, overrides: list[str], workdir: Path, cell: int, seed: int) -> JobResult:
-    """Train one job (or take its earlier result) and read its best epoch."""
+    """Train one job (or take its earlier result) and read its best epoch.
+
+    A job whose training halts (a non-finite loss or gradient) fails on its own, as a job of
+    the service does: its cell's table entry says so and the study goes on; a rerun keeps it
+    failed (delete its folder to retry it)."""
     done = workdir / RESULT
     if not done.is_file():
         workdir.mkdir(parents=True, exist_ok=True)
@@ -129,14 +134,19 @@ def run_job(recipe: Path, overrides: list[str], workdir: Path, cell: int, seed: 
         log = workdir / "epochs.jsonl"
         started = time.monotonic()
         resume = last_checkpoint(workdir).is_file()
-        fit(cfg, workdir, callbacks=[ProgressBar(), EpochLog(path=log)], resume=resume)
+        outcome: dict[str, Any] = {"status": "succeeded"}
+        try:
+            fit(cfg, workdir, callbacks=[ProgressBar(), EpochLog(path=log)], resume=resume)
+        except NonFiniteLossError as exc:
+            outcome = {"status": "failed", "error": str(exc)}
+            print(f"{workdir.name} failed: {exc}", flush=True)
         lines = log.read_text().splitlines() if log.is_file() else []
         by_epoch = {e["epoch"]: e for e in map(json.loads, lines)}  # a resumed epoch: the later
         history = [by_epoch[k] for k in sorted(by_epoch)]
         wall_s = time.monotonic() - started
-        done.write_text(json.dumps({"history": history, "wall_s": wall_s}))
+        done.write_text(json.dumps({**outcome, "history": history, "wall_s": wall_s}))
     result = json.loads(done.read_text())
     return JobResult(
-        job_id=workdir.name, cell=cell, seed=seed, status="succeeded",
+        job_id=workdir.name, cell=cell, seed=seed, status=result.get("status", "succeeded"),
         best=best_epoch(result["history"]), wall_s=result["wall_s"],
     )  # fmt: skip

@@ -165,3 +165,22 @@ def test_bad_reduction_is_an_error() -> None:
     logits, targets = _inputs()
     with pytest.raises(ValueError, match="reduction"):
         sigmoid_focal_loss(logits, targets, reduction="avg")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.25, 2.0])
+def test_focal_gradients_stay_finite_on_saturated_logits(gamma: float) -> None:
+    """``1 - p_t`` of an easy example cancels to 0 in fp32 past |logit| ~17; with gamma < 1
+    the modulating factor's derivative is infinite there (torchvision's own loss turns it into
+    NaN gradients: a BCCD study cell with gamma 0.5 halted at iteration 20)."""
+    logits = torch.tensor([[-100.0, -30.0, -17.0, 0.0, 17.0, 30.0, 100.0]], requires_grad=True)
+    targets = torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]])
+    sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=gamma, reduction="sum").backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    reference = torchvision.ops.sigmoid_focal_loss(
+        logits.detach(), targets, alpha=0.25, gamma=gamma, reduction="sum"
+    )
+    value = sigmoid_focal_loss(logits.detach(), targets, alpha=0.25, gamma=gamma, reduction="sum")
+    assert value == pytest.approx(float(reference), rel=1e-6)
+    scores = torch.tensor([[40.0, 0.0, 0.0], [0.0, -40.0, 0.0]], requires_grad=True)
+    softmax_focal_loss(scores, torch.tensor([0, 2]), gamma=gamma, reduction="sum").backward()
+    assert scores.grad is not None and torch.isfinite(scores.grad).all()

@@ -107,7 +107,7 @@ def test_softmax_model_learns_predicts_and_exports(shapes: Path, tmp_path: Path)
         "loss.classification=softmax_focal",
         "loss.alpha=auto",
         "solver.epochs=null",
-        "solver.max_iters=36",
+        "solver.max_iters=60",
         "solver.steps=[]",
         "solver.warmup_iters=4",
         "solver.batch_size=4",
@@ -116,7 +116,7 @@ def test_softmax_model_learns_predicts_and_exports(shapes: Path, tmp_path: Path)
     fit(cfg, tmp_path, callbacks=[JsonlEvents(path=tmp_path / "events.jsonl")])
     records = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     steps = [sum(r["losses"].values()) for r in records if r["type"] == "step"]
-    assert len(steps) == 36
+    assert len(steps) == 60
     first, last = sum(steps[:6]) / 6, sum(steps[-6:]) / 6
     assert last < 0.6 * first, steps
 

@@ -221,6 +221,18 @@ def test_retinanet_study_runs_the_grid_here_and_prints_the_same_table(
     assert "loss.gamma=0" in capsys.readouterr().out
     bad = main([*args[:3], "loss.gama=1", *args[4:]])
     assert bad != 0 and "loss.gama" in capsys.readouterr().err
+    # A job whose training halts fails alone: its cell says so, the study goes on and ends.
+    diverging = [
+        *args[:3], "solver.lr=1000000.0,0.002", *args[4:-3], "--set", "solver.optimizer=sgd",
+        "--set", "solver.clip_grad_norm=null", "--set", "solver.warmup_iters=0",
+        "--set", "solver.epochs=4",
+        "--out", str(tmp_path / "diverging"),
+    ]  # fmt: skip
+    assert main(diverging) == 0
+    assert "cell0-seed0 failed: non-finite" in capsys.readouterr().out
+    failed, fine = json.loads((tmp_path / "diverging" / "table.json").read_text())["cells"]
+    assert failed["counts"]["failed"] == 1 and failed["AP"]["n"] == 0
+    assert fine["counts"]["succeeded"] == 1 and fine["AP"]["n"] == 1
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@ the training loop.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 
@@ -17,3 +19,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def autocast_dtype(amp: Literal["off", "fp16", "bf16"], device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``solver.amp`` on ``device``: bf16 on CUDA and on the CPU
+    (oneDNN), fp16 on CUDA only; None for full precision."""
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16" and device.type == "cuda":
+        return torch.float16
+    return None

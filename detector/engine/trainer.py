@@ -27,7 +27,7 @@ from detector.config import TrainConfig
 from detector.data.coco import CocoDetection, collate_detection
 from detector.data.sampler import EpochBatchSampler, SeededSamples
 from detector.data.transforms import build_transforms
-from detector.device import resolve_device
+from detector.device import autocast_dtype, resolve_device
 from detector.engine.callbacks import Callback, EarlyStopping, EpochEvent, StepEvent, TrainState
 from detector.engine.checkpoint import (
     Checkpointer,
@@ -137,7 +137,7 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer, cfg.solver, iters_per_epoch=iters_per_epoch
         )
-        self.amp_dtype = _amp_dtype(cfg, self.device)
+        self.amp_dtype = autocast_dtype(cfg.solver.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = TrainState(
             max_iters=total_iterations(cfg.solver, iters_per_epoch=iters_per_epoch),
@@ -394,12 +394,3 @@ def _ignore_stop_signals(worker_id: int) -> None:
     del worker_id
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA and on the CPU (oneDNN); fp16 on CUDA only."""
-    if cfg.solver.amp == "bf16":
-        return torch.bfloat16
-    if cfg.solver.amp == "fp16" and device.type == "cuda":
-        return torch.float16
-    return None

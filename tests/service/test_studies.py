@@ -196,7 +196,7 @@ def test_a_two_by_two_study_with_two_seeds_trains_every_cell_and_tables_their_me
 
 @pytest.mark.slow
 def test_retinanet_study_runs_the_grid_here_and_prints_the_same_table(
-    shapes: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shapes: dict[str, Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "study"
     args = [
@@ -209,7 +209,7 @@ def test_retinanet_study_runs_the_grid_here_and_prints_the_same_table(
     ]  # fmt: skip
     assert main(args) == 0
     table = json.loads((out / "table.json").read_text())
-    assert '"kind": "no_baseline"' in capsys.readouterr().out  # the same table, printed
+    assert '"kind": "no_baseline"' in capfd.readouterr().out  # the same table, printed
     assert [c["label"] for c in table["cells"]] == ["loss.gamma=0", "loss.gamma=2"]
     for i, cell in enumerate(table["cells"]):
         result = json.loads((out / f"cell{i}-seed0" / "result.json").read_text())
@@ -218,18 +218,21 @@ def test_retinanet_study_runs_the_grid_here_and_prints_the_same_table(
     assert table["verdict"]["kind"] == "no_baseline"
     assert (out / "plot.png").read_bytes().startswith(PNG_SIGNATURE)
     assert main([*args[:-1]]) == 0  # again: the finished jobs are read, not trained
-    assert "loss.gamma=0" in capsys.readouterr().out
+    assert "loss.gamma=0" in capfd.readouterr().out
     bad = main([*args[:3], "loss.gama=1", *args[4:]])
-    assert bad != 0 and "loss.gama" in capsys.readouterr().err
-    # A job whose training halts fails alone: its cell says so, the study goes on and ends.
+    assert bad != 0 and "loss.gama" in capfd.readouterr().err
+    assert main([*args, "--processes", "0"]) != 0
+    assert "--processes 0: at least 1" in capfd.readouterr().err
+    # A job whose training halts fails alone: its cell says so, the study goes on and ends;
+    # here both jobs train at once, each in a process of its own.
     diverging = [
         *args[:3], "solver.lr=1000000.0,0.002", *args[4:-3], "--set", "solver.optimizer=sgd",
         "--set", "solver.clip_grad_norm=null", "--set", "solver.warmup_iters=0",
         "--set", "solver.epochs=4",
-        "--out", str(tmp_path / "diverging"),
+        "--out", str(tmp_path / "diverging"), "--processes", "2",
     ]  # fmt: skip
     assert main(diverging) == 0
-    assert "cell0-seed0 failed: non-finite" in capsys.readouterr().out
+    assert "cell0-seed0 failed: non-finite" in capfd.readouterr().out
     failed, fine = json.loads((tmp_path / "diverging" / "table.json").read_text())["cells"]
     assert failed["counts"]["failed"] == 1 and failed["AP"]["n"] == 0
     assert fine["counts"]["succeeded"] == 1 and fine["AP"]["n"] == 1

@@ -140,10 +140,9 @@ class Job(NamedTuple):
 def run_jobs(jobs: Sequence[Job], *, processes: int) -> list[JobResult]:
     """Every job's result, in order; with ``processes > 1`` that many train at once.
 
-    Each process gets an equal share of the cores as torch threads: on a small CPU, two
-    single-threaded trainings get more done than one on two threads (the intra-op threads of
-    small convolutions idle on each other). Processes are spawned, not forked: a forked
-    child of a process that has used torch's thread pools can deadlock."""
+    Each process gets an equal share of the cores as torch threads, so that N jobs do not
+    oversubscribe the CPU. Processes are spawned, not forked: a forked child of a process
+    that has used torch's thread pools can deadlock."""
     if processes == 1:
         return [run_job(*job) for job in jobs]
     threads = max(1, len(os.sched_getaffinity(0)) // processes)

@@ -172,9 +172,12 @@ def _pts(value: float) -> str:
 
 
 def to_text(table: StudyTable) -> str:
-    """The table as plain text (AP in points, mean ± spread), then the verdict."""
+    """The table as plain text (AP in points, mean ± spread; then AP per class), then the
+    verdict."""
+    classes = list(dict.fromkeys(c for row in table.cells for c in row.per_class_ap))
     header = (
         f"{'cell':<40} {'jobs':>9} {'AP':>11} {'AP50':>11} {'AP75':>11} {'epoch':>6} {'wall s':>7}"
+        + "".join(f" {'AP ' + c[:8]:>11}" for c in classes)
     )
     lines = [header]
     for i, row in enumerate(table.cells):
@@ -184,8 +187,10 @@ def to_text(table: StudyTable) -> str:
         epoch = "-" if row.best_epoch.mean is None else f"{row.best_epoch.mean:.1f}"
         wall = "-" if row.wall_s.mean is None else f"{row.wall_s.mean:.0f}"
         name = f"{row.label}{mark}"
+        per_class = [_pm(row.per_class_ap[c]) if c in row.per_class_ap else "-" for c in classes]
         lines.append(
             f"{name:<40} {done:>9} {cols[0]:>11} {cols[1]:>11} {cols[2]:>11} {epoch:>6} {wall:>7}"
+            + "".join(f" {v:>11}" for v in per_class)
         )
     lines += ["", table.verdict.text]
     return "\n".join(lines)

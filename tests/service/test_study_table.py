@@ -72,7 +72,10 @@ def test_focal_beats_ce_by_more_than_the_seed_spread() -> None:
         "focal loss (loss.gamma=2 loss.alpha=0.25) beats alpha-balanced CE by 12.0 AP, "
         "more than the seed spread (2.0 AP)"
     )
-    assert "loss.gamma=2 loss.alpha=0.25*" in to_text(table)
+    text = to_text(table).splitlines()
+    assert text[0].split()[-4:] == ["AP", "circle", "AP", "square"]
+    assert text[2].startswith("loss.gamma=2 loss.alpha=0.25*")
+    assert text[2].split()[-2:] == ["42.0±2.0", "-"]  # circle's AP; square: no ground truth
 
 
 def test_a_lead_within_the_spread_is_no_clear_winner_and_pending_cells_are_said() -> None:

@@ -143,7 +143,7 @@ def run_jobs(jobs: Sequence[Job], *, processes: int) -> list[JobResult]:
     Each process gets an equal share of the cores as torch threads, so that N jobs do not
     oversubscribe the CPU. Processes are spawned, not forked: a forked child of a process
     that has used torch's thread pools can deadlock."""
-    if processes == 1:
+    if processes == 1 or len(jobs) < 2:
         return [run_job(*job) for job in jobs]
     threads = max(1, len(os.sched_getaffinity(0)) // processes)
     with ProcessPoolExecutor(

@@ -143,14 +143,14 @@ def run_jobs(jobs: Sequence[Job], *, processes: int) -> list[JobResult]:
     Each process gets an equal share of the cores as torch threads, so that N jobs do not
     oversubscribe the CPU. Processes are spawned, not forked: a forked child of a process
     that has used torch's thread pools can deadlock."""
-    if processes == 1 or len(jobs) < 2:
-        return [run_job(*job) for job in jobs]
+    if processes == 1:
+        return [run_job(job) for job in jobs]
     threads = max(1, len(os.sched_getaffinity(0)) // processes)
     with ProcessPoolExecutor(
         max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
         initializer=_use_threads, initargs=(threads,),
     ) as pool:  # fmt: skip
-        return list(pool.map(run_job, *zip(*jobs, strict=True)))
+        return list(pool.map(run_job, jobs))
 
 
 def _use_threads(threads: int) -> None:
@@ -159,12 +159,13 @@ def _use_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_job(recipe: Path, overrides: list[str], workdir: Path, cell: int, seed: int) -> JobResult:
+def run_job(job: Job) -> JobResult:
     """Train one job (or take its earlier result) and read its best epoch.
 
     A job whose training halts (a non-finite loss or gradient) fails on its own, as a job of
     the service does: its cell's table entry says so and the study goes on; a rerun keeps it
     failed (delete its folder to retry it)."""
+    recipe, overrides, workdir, cell, seed = job
     done = workdir / RESULT
     if not done.is_file():
         workdir.mkdir(parents=True, exist_ok=True)

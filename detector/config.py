@@ -235,6 +235,10 @@ class SolverConfig(_Frozen):
     channels_last: bool = False
     sync_batchnorm: bool = False
     """Data-parallel runs on CUDA: BatchNorm statistics over all GPUs' images."""
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Evaluate and ship an exponential moving average of the weights (e.g. 0.999); the
+    decay ramps up over ``ema_ramp_iters`` (see :mod:`detector.engine.ema`)."""
+    ema_ramp_iters: PositiveInt = 200
 
     @model_validator(mode="after")
     def _check_budget(self) -> SolverConfig:

@@ -37,6 +37,7 @@ from detector.engine.checkpoint import (
     set_rng_state,
 )
 from detector.engine.distributed import from_env
+from detector.engine.ema import WeightEma
 from detector.engine.optim import build_optimizer, build_scheduler, total_iterations
 from detector.engine.throughput import Throughput
 from detector.engine.tracking import tracking_callbacks
@@ -132,6 +133,15 @@ class Trainer:
         if cfg.solver.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = self._data_parallel(self.model)
+        self.ema = (
+            WeightEma(
+                self.model,
+                decay=cfg.solver.ema_decay,
+                ramp_iters=cfg.solver.ema_ramp_iters,
+            )
+            if cfg.solver.ema_decay is not None
+            else None
+        )
         self.optimizer = build_optimizer(self.model, cfg.solver)
         iters_per_epoch = len(self.sampler)
         self.scheduler = build_scheduler(
@@ -155,7 +165,7 @@ class Trainer:
                 )
             )
             self.callbacks += tracking_callbacks(
-                cfg, workdir, model=self.model, val_set=self.val_set, device=self.device
+                cfg, workdir, model=self.eval_model, val_set=self.val_set, device=self.device
             )
         if cfg.early_stopping is not None:
             es = cfg.early_stopping
@@ -164,6 +174,12 @@ class Trainer:
             )
         self.callbacks.extend(cb for cb in callbacks if self.dist.is_main or cb.all_ranks)
         self.last_metrics: CocoMetrics | None = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is validated, checkpointed as ``model`` and shipped: the weight average
+        with ``solver.ema_decay``, else the trained model itself."""
+        return self.model if self.ema is None else self.ema.module
 
     @property
     def processes(self) -> int:
@@ -205,9 +221,14 @@ class Trainer:
         return [{"id": i, "name": n} for i, n in zip(ids, names, strict=True)]
 
     def checkpoint(self) -> dict[str, Any]:
-        """Everything needed to continue exactly, and to use the model on its own."""
+        """Everything needed to continue exactly, and to use the model on its own.
+
+        ``model`` is always the weights to use (the average under EMA), so that every reader of
+        a checkpoint gets them; the trained weights behind an average travel as ``ema``.
+        """
         return {
-            "model": self.model.state_dict(),
+            "model": self.eval_model.state_dict(),
+            **({} if self.ema is None else {"ema": self._ema_state(self.ema)}),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -230,7 +251,13 @@ class Trainer:
         ckpt = load_checkpoint(path)
         if ckpt.get("classes") != self.classes():
             raise ValueError(f"{path} was trained on other classes: {ckpt.get('classes')}")
-        self.model.load_state_dict(ckpt["model"])
+        if self.ema is None:
+            self.model.load_state_dict(ckpt["model"])
+        else:
+            if "ema" not in ckpt:
+                raise ValueError(f"{path} was trained without solver.ema_decay")
+            self.model.load_state_dict(ckpt["ema"]["trained"])
+            self.ema.restore(ckpt["model"], updates=ckpt["ema"]["updates"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -241,6 +268,9 @@ class Trainer:
         self.state.epoch, self.state.iteration = s["epoch"], s["iteration"]
         self.state.batch_in_epoch, self.state.best_metric = s["batch_in_epoch"], s["best_metric"]
         set_rng_state(ckpt["rng"])
+
+    def _ema_state(self, ema: WeightEma) -> dict[str, Any]:
+        return {"trained": self.model.state_dict(), "updates": ema.updates}
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -347,6 +377,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return values
 
     def _end_epoch(self, train_losses: dict[str, float]) -> None:
@@ -359,7 +391,7 @@ class Trainer:
             # A rank may hold no validation image (fewer images than ranks): weight 0.
             val_losses = self.dist.weighted_mean(
                 validation_loss(
-                    self.model, self.val_set, device=self.device, batch_size=batch, shard=shard
+                    self.eval_model, self.val_set, device=self.device, batch_size=batch, shard=shard
                 ),
                 keys=sorted(train_losses),
                 weight=len(range(self.dist.rank, len(self.val_set), self.dist.world_size)),
@@ -368,7 +400,7 @@ class Trainer:
             due = state.epoch % self.cfg.eval.period_epochs == 0 or self._done()
             if due:
                 found = predict_dataset(
-                    self.model, self.val_set, device=self.device, batch_size=batch, shard=shard
+                    self.eval_model, self.val_set, device=self.device, batch_size=batch, shard=shard
                 )
                 detections = self.dist.gather(list(found))
                 metrics = score_detections(

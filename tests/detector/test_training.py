@@ -80,7 +80,8 @@ def _val_set(cfg: TrainConfig) -> CocoDetection:
 
 @pytest.mark.slow
 def test_resume_is_exact(shapes: Path, tmp_path: Path) -> None:
-    """Interrupted mid-epoch and resumed, a run ends with bit-identical weights."""
+    """Interrupted mid-epoch and resumed, a run ends with bit-identical weights and weight
+    average (``solver.ema_decay``; without it, exact resume is the two-process test's)."""
     overrides = (
         "solver.epochs=2",
         "solver.steps=[1]",
@@ -88,9 +89,11 @@ def test_resume_is_exact(shapes: Path, tmp_path: Path) -> None:
         "checkpoint_period_iters=4",
         "data.photometric=true",
         "loss.weighting=uncertainty",
+        "solver.ema_decay=0.9",
+        "solver.ema_ramp_iters=2",
     )
     whole = tmp_path / "whole"
-    fit(_recipe(shapes, *overrides), whole)
+    result = fit(_recipe(shapes, *overrides), whole)
     parts = tmp_path / "parts"
     with pytest.raises(KeyboardInterrupt):
         fit(_recipe(shapes, *overrides), parts, callbacks=[StopAt(4)])  # mid epoch 1 of 6 batches
@@ -111,6 +114,17 @@ def test_resume_is_exact(shapes: Path, tmp_path: Path) -> None:
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert a["scheduler"] == b["scheduler"]
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 12
+    for name, tensor in a["ema"]["trained"].items():
+        assert torch.equal(tensor, b["ema"]["trained"][name]), name
+    # The average is what was validated and what a checkpoint's reader gets.
+    trained, averaged = a["ema"]["trained"], a["model"]
+    assert any(not torch.equal(trained[k], averaged[k]) for k in averaged)
+    cfg = _recipe(shapes, *overrides)
+    assert cfg.data.val is not None and result.metrics is not None
+    shipped = Predictor.load(whole / "checkpoints" / LAST)
+    again = shipped.evaluate(cfg.data.val.annotations, cfg.data.val.images)
+    assert again.value("AP") == pytest.approx(result.metrics.value("AP"), abs=1e-9)
 
 
 @pytest.mark.slow

@@ -63,4 +63,4 @@ def test_a_restored_average_continues_as_the_uninterrupted_one() -> None:
             model.weight.add_(1.0)
         whole.update(model)
         resumed.update(model)
-    assert torch.equal(whole.module.weight, resumed.module.weight)
+    assert torch.equal(whole.module.state_dict()["weight"], resumed.module.state_dict()["weight"])

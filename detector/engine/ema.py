@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
+
+from detector.config import SolverConfig
 
 
 def ramped_decay(*, decay: float, ramp_iters: int, updates: int) -> float:
@@ -65,7 +68,18 @@ class WeightEma:
             if not a.is_floating_point():  # integer buffers (BatchNorm's step count) follow
                 a.copy_(c)
 
+    def checkpoint(self, *, trained: nn.Module) -> dict[str, Any]:
+        """What a checkpoint keeps beside the average (which it keeps as ``model``)."""
+        return {"trained": trained.state_dict(), "updates": self.updates}
+
     def restore(self, weights: dict[str, Tensor], *, updates: int) -> None:
         """Continue an average saved as ``weights`` after ``updates`` steps."""
         self.module.load_state_dict(weights)
         self.updates = updates
+
+
+def build_ema(model: nn.Module, solver: SolverConfig) -> WeightEma | None:
+    """The average ``solver.ema_decay`` asks for, or None."""
+    if solver.ema_decay is None:
+        return None
+    return WeightEma(model, decay=solver.ema_decay, ramp_iters=solver.ema_ramp_iters)

@@ -37,7 +37,7 @@ from detector.engine.checkpoint import (
     set_rng_state,
 )
 from detector.engine.distributed import from_env
-from detector.engine.ema import WeightEma
+from detector.engine.ema import build_ema
 from detector.engine.optim import build_optimizer, build_scheduler, total_iterations
 from detector.engine.throughput import Throughput
 from detector.engine.tracking import tracking_callbacks
@@ -133,15 +133,7 @@ class Trainer:
         if cfg.solver.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = self._data_parallel(self.model)
-        self.ema = (
-            WeightEma(
-                self.model,
-                decay=cfg.solver.ema_decay,
-                ramp_iters=cfg.solver.ema_ramp_iters,
-            )
-            if cfg.solver.ema_decay is not None
-            else None
-        )
+        self.ema = build_ema(self.model, cfg.solver)
         self.optimizer = build_optimizer(self.model, cfg.solver)
         iters_per_epoch = len(self.sampler)
         self.scheduler = build_scheduler(
@@ -228,7 +220,7 @@ class Trainer:
         """
         return {
             "model": self.eval_model.state_dict(),
-            **({} if self.ema is None else {"ema": self._ema_state(self.ema)}),
+            **({} if self.ema is None else {"ema": self.ema.checkpoint(trained=self.model)}),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -268,9 +260,6 @@ class Trainer:
         self.state.epoch, self.state.iteration = s["epoch"], s["iteration"]
         self.state.batch_in_epoch, self.state.best_metric = s["batch_in_epoch"], s["best_metric"]
         set_rng_state(ckpt["rng"])
-
-    def _ema_state(self, ema: WeightEma) -> dict[str, Any]:
-        return {"trained": self.model.state_dict(), "updates": ema.updates}
 
     # -- the loop ---------------------------------------------------------------------------
 

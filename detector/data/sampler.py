@@ -3,16 +3,20 @@
 Exact resume needs two things a stock DataLoader does not give: the order of an epoch must
 be a function of (seed, epoch) only, so a resumed run can skip the batches already seen; and
 the random augmentation of a sample must not depend on which worker process drew it, so each
-sample is augmented under its own seed derived from (seed, epoch, index).
+sample is augmented under its own seed derived from (seed, epoch, index). ``train_loader``
+reads such batches in worker processes that leave stopping to the training process.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from detector.data.coco import collate_detection
 
 T = TypeVar("T")
 
@@ -87,3 +91,26 @@ class SeededSamples(Dataset[T], Generic[T]):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
             return self.dataset[index]
+
+
+def train_loader(
+    dataset: Dataset[T], sampler: EpochBatchSampler, *, num_workers: int, pin_memory: bool
+) -> DataLoader[T]:
+    """Batches of ``dataset`` in ``sampler``'s order, collated as lists of images and targets."""
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_detection,
+        pin_memory=pin_memory,
+        worker_init_fn=_ignore_stop_signals,
+    )
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers get the stop signals too (the terminal's Ctrl-C, torchrun's process-group
+    SIGTERM). The run must stop through the main process, which checkpoints and then shuts
+    them down, so they must not die mid-batch under it."""
+    del worker_id
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,20 @@ class Dist:
                 )
             return torch.device("cuda", self.local_rank)
         return requested
+
+    def wrap(self, model: nn.Module, *, sync_batchnorm: bool) -> nn.Module:
+        """``model`` wrapped for DDP in a multi-process run (gradients averaged over ranks);
+        ``model`` itself in a single process."""
+        if not self.enabled:
+            return model
+        device = next(model.parameters()).device
+        if sync_batchnorm and device.type == "cuda":
+            # Replaces the BatchNorm children in place (the RetinaNet itself is no BatchNorm).
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+        ids = [device.index] if device.type == "cuda" else None
+        # find_unused_parameters: the learned loss weights exist but only train with
+        # loss.weighting=uncertainty.
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
     def mean(self, values: Mapping[str, float], device: torch.device) -> dict[str, float]:
         """The average over ranks of each value (same keys on every rank)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import signal
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,13 +18,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-from torchvision.models.detection import RetinaNet
 
 from detector.config import TrainConfig
-from detector.data.coco import CocoDetection, collate_detection
-from detector.data.sampler import EpochBatchSampler, SeededSamples
+from detector.data.coco import CocoDetection
+from detector.data.sampler import EpochBatchSampler, SeededSamples, train_loader
 from detector.data.transforms import build_transforms
 from detector.device import autocast_dtype, resolve_device
 from detector.engine.callbacks import Callback, EarlyStopping, EpochEvent, StepEvent, TrainState
@@ -132,7 +128,7 @@ class Trainer:
         ).to(self.device)
         if cfg.solver.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.net = self._data_parallel(self.model)
+        self.net = self.dist.wrap(self.model, sync_batchnorm=cfg.solver.sync_batchnorm)
         self.ema = build_ema(self.model, cfg.solver)
         self.optimizer = build_optimizer(self.model, cfg.solver)
         iters_per_epoch = len(self.sampler)
@@ -176,19 +172,6 @@ class Trainer:
     @property
     def processes(self) -> int:
         return self.dist.world_size
-
-    def _data_parallel(self, model: RetinaNet) -> nn.Module:
-        """``model`` wrapped for DDP in a multi-process run (gradients averaged over ranks)."""
-        if not self.dist.enabled:
-            single: nn.Module = model
-            return single
-        if self.cfg.solver.sync_batchnorm and self.device.type == "cuda":
-            # Replaces the BatchNorm children in place (the RetinaNet itself is no BatchNorm).
-            nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # find_unused_parameters: the learned loss weights exist but only train with
-        # loss.weighting=uncertainty.
-        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
     def _eval_set(self, cfg: TrainConfig) -> CocoDetection | None:
         if cfg.data.val is None:
@@ -328,13 +311,11 @@ class Trainer:
             self._end_epoch({k: v / max(1, steps) for k, v in sums.items()})
 
     def _batches(self) -> Iterator[tuple[list[Tensor], list[dict[str, Tensor]]]]:
-        loader = DataLoader(
+        loader = train_loader(
             self.seeded,
-            batch_sampler=self.sampler,
+            self.sampler,
             num_workers=self.cfg.data.num_workers,
-            collate_fn=collate_detection,
             pin_memory=self.device.type == "cuda",
-            worker_init_fn=_ignore_stop_signals,
         )
         for images, targets in loader:
             yield (
@@ -406,12 +387,3 @@ class Trainer:
         )
         for cb in self.callbacks:
             cb.on_epoch_end(self, event)
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers get the stop signals too (the terminal's Ctrl-C, torchrun's process-group
-    SIGTERM). The run must stop through the main process, which checkpoints and then shuts
-    them down, so they must not die mid-batch under it."""
-    del worker_id
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)

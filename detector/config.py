@@ -70,6 +70,9 @@ class DataConfig(_Frozen):
     eval_min_size: ImageSide = 800
     max_size: ImageSide = 1333
     hflip_prob: Probability = 0.5
+    vflip_prob: Probability = 0.0
+    """Vertical flips, for views with no up and down (microscopy, aerial); off by default
+    because they teach nonsense on photographs."""
     photometric: bool = False
     num_workers: Annotated[int, Field(ge=0, le=256)] = 2
     strict: bool = False

@@ -73,8 +73,10 @@ def build_transforms(cfg: DataConfig, *, train: bool) -> v2.Compose:
             ]
         )
     steps: list[v2.Transform] = [v2.RandomPhotometricDistort()] if cfg.photometric else []
+    steps.append(v2.RandomHorizontalFlip(p=cfg.hflip_prob))
+    if cfg.vflip_prob > 0:  # only when asked: other recipes keep their random stream
+        steps.append(v2.RandomVerticalFlip(p=cfg.vflip_prob))
     steps += [
-        v2.RandomHorizontalFlip(p=cfg.hflip_prob),
         ResizeShortestEdge(min_sizes=cfg.train_min_sizes, max_size=cfg.max_size),
         v2.ClampBoundingBoxes(),
         # Boxes under a pixel after resizing teach nothing and can break the box coder.

@@ -138,6 +138,15 @@ def test_train_flip_moves_boxes(files: tuple[Path, Path]) -> None:
     assert torch.allclose(image, plain.flip(-1))
 
 
+def test_vertical_flip_moves_boxes(files: tuple[Path, Path]) -> None:
+    cfg = DataConfig(train_min_sizes=(48,), max_size=1000, hflip_prob=0.0, vflip_prob=1.0)
+    ds = CocoDetection.from_files(*files, transforms=build_transforms(cfg, train=True))
+    image, target = ds[0]
+    assert target["boxes"][0].tolist() == [8.0, 30.0, 24.0, 42.0]
+    plain, _ = CocoDetection.from_files(*files)[0]
+    assert torch.allclose(image, plain.flip(-2))
+
+
 def test_boxes_removed_by_transforms_take_their_flags(tmp_path: Path) -> None:
     tiny_crowd = _box(1, CAT, [50, 30, 2, 2], crowd=1)
     files = _write(tmp_path, [*ANNOTATIONS[:2], _box(1, DOG, [2, 2, 2, 2]), tiny_crowd])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from detector.data.validate import DatasetError, ValidationReport, load_coco, validate_coco
 from tests.detector.coco_files import (
+    CATEGORIES,
     annotation,
     base_dataset,
     check,
@@ -318,3 +320,39 @@ def test_every_annotation_is_kept_or_dropped(tmp_path: Path) -> None:
     assert report.num_annotations == 7
     assert (report.num_boxes, report.num_crowd, report.num_boxes_dropped) == (3, 1, 3)
     assert only_issue(report, "invalid_annotation").severity == "error"
+
+
+def abundant_dataset(tmp_path: Path, *, cats_in: int, cats: int = 3) -> dict[str, Any]:
+    """20 images with a dog each; the first ``cats_in`` of them also have ``cats`` cats."""
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    images, annotations = [], []
+    for i in range(1, 21):
+        image_file(image_dir / f"{i}.png", (64, 48))
+        images.append({"id": i, "file_name": f"{i}.png", "width": 64, "height": 48})
+        annotations.append(annotation(100 * i, i, [40, 30, 20, 15], 17))
+        if i <= cats_in:
+            annotations += [
+                annotation(100 * i + k, i, [10 * k, 2, 8, 8], 3) for k in range(1, cats + 1)
+            ]
+    return {"images": images, "annotations": annotations, "categories": CATEGORIES}
+
+
+def test_image_lacking_a_class_every_other_image_has_many_of_is_flagged(tmp_path: Path) -> None:
+    data = abundant_dataset(tmp_path, cats_in=19)
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    report = validate_coco(tmp_path / "instances.json", tmp_path / "images").report
+    issue = only_issue(report, "class_absent")
+    assert (issue.severity, issue.image_id, issue.category_id) == ("info", 20, 3)
+    assert "19 of 20 images" in issue.message and "median 3" in issue.message
+    assert report.ok and report.class_counts == {"cat": 57, "dog": 20}
+
+
+@pytest.mark.parametrize(("cats_in", "cats"), [(17, 3), (20, 3), (19, 2)])
+def test_class_absent_needs_many_in_nearly_every_image(
+    tmp_path: Path, cats_in: int, cats: int
+) -> None:
+    data = abundant_dataset(tmp_path, cats_in=cats_in, cats=cats)
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    report = validate_coco(tmp_path / "instances.json", tmp_path / "images").report
+    assert not [i for i in report.issues if i.code == "class_absent"], report.to_table()

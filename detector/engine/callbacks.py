@@ -51,6 +51,10 @@ class TrainState:
     should_stop: bool = False
     stop_reason: str | None = None
     best_metric: float | None = None
+    loss_sums: dict[str, float] = field(default_factory=dict)
+    loss_steps: int = 0
+    """The epoch's running loss sums over its ``loss_steps`` steps so far: checkpointed, so an
+    epoch resumed midway (or at its very end) still reports the mean of all its steps."""
     saved_iteration: int | None = None
     """Iteration of the newest ``last.pt`` this run wrote (None: none yet): a resume from it
     loses nothing before that point, which is what a supervisor calls progress."""

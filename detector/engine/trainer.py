@@ -212,6 +212,8 @@ class Trainer:
                 "iteration": self.state.iteration,
                 "batch_in_epoch": self.state.batch_in_epoch,
                 "best_metric": self.state.best_metric,
+                "loss_sums": dict(self.state.loss_sums),
+                "loss_steps": self.state.loss_steps,
             },
             "rng": rng_state(),
             "callbacks": {type(cb).__qualname__: cb.state_dict() for cb in self.callbacks},
@@ -242,6 +244,8 @@ class Trainer:
         s = ckpt["state"]
         self.state.epoch, self.state.iteration = s["epoch"], s["iteration"]
         self.state.batch_in_epoch, self.state.best_metric = s["batch_in_epoch"], s["best_metric"]
+        # Checkpoints from before the sums were kept: the mean covers the steps after the resume.
+        self.state.loss_sums, self.state.loss_steps = s.get("loss_sums", {}), s.get("loss_steps", 0)
         set_rng_state(ckpt["rng"])
 
     # -- the loop ---------------------------------------------------------------------------
@@ -250,7 +254,7 @@ class Trainer:
         try:
             for cb in self.callbacks:
                 cb.on_fit_start(self)
-            while not self._done():
+            while not self._done() or self._epoch_end_pending():
                 self._run_epoch()
             for cb in self.callbacks:
                 cb.on_fit_end(self)
@@ -272,19 +276,28 @@ class Trainer:
     def _done(self) -> bool:
         return self.state.should_stop or self.state.iteration >= self.state.max_iters
 
+    def _epoch_complete(self) -> bool:
+        state = self.state
+        return state.batch_in_epoch >= state.iters_per_epoch or state.iteration >= state.max_iters
+
+    def _epoch_end_pending(self) -> bool:
+        """All of an epoch's steps are done but not its end (validation, its event, its save):
+        a run resumed from a step's ``last.pt`` saved at the epoch's last iteration."""
+        return self.state.batch_in_epoch > 0 and self._epoch_complete()
+
     def _run_epoch(self) -> None:
         state = self.state
         self.sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
         self.seeded.set_epoch(state.epoch)
-        sums: dict[str, float] = {}
-        steps = 0
-        timer = Throughput()
+        sums, timer = state.loss_sums, Throughput()
         self.model.train()
-        for images, targets in self._batches():
+        # An epoch resumed at its end has no step left, only its end.
+        batches = iter(()) if self._epoch_complete() else self._batches()
+        for images, targets in batches:
             losses = self._step(images, targets)
             state.iteration += 1
             state.batch_in_epoch += 1
-            steps += 1
+            state.loss_steps += 1
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value
             ips = timer.tick(len(images) * self.dist.world_size)
@@ -305,10 +318,11 @@ class Trainer:
             state.should_stop = self.dist.any(state.should_stop, self.device)
             if self._done():
                 break
-        if state.batch_in_epoch >= state.iters_per_epoch or state.iteration >= state.max_iters:
+        if self._epoch_complete():
+            means = {k: v / max(1, state.loss_steps) for k, v in sums.items()}
             state.epoch += 1
-            state.batch_in_epoch = 0
-            self._end_epoch({k: v / max(1, steps) for k, v in sums.items()})
+            state.batch_in_epoch, state.loss_sums, state.loss_steps = 0, {}, 0
+            self._end_epoch(means)
 
     def _batches(self) -> Iterator[tuple[list[Tensor], list[dict[str, Tensor]]]]:
         loader = train_loader(

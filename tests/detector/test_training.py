@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -76,6 +77,32 @@ def _val_set(cfg: TrainConfig) -> CocoDetection:
         cfg.data.val.images,
         transforms=build_transforms(cfg.data, train=False),
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed_at", [6, 12])
+def test_a_run_killed_after_an_epochs_last_step_still_ends_that_epoch(
+    shapes: Path, tmp_path: Path, killed_at: int
+) -> None:
+    """A periodic ``last.pt`` saved at an epoch's last step, then a crash before the epoch's
+    end: the resumed run validates and reports that epoch (mid-run, and the run's last) with
+    the train-loss means of all its steps, exactly as the uninterrupted run does."""
+    overrides = ("solver.epochs=2", "solver.steps=[1]", "checkpoint_period_iters=6")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    fit(_recipe(shapes, *overrides), whole)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_recipe(shapes, *overrides), parts, callbacks=[StopAt(killed_at)])  # 6 per epoch
+    state = load_checkpoint(parts / "checkpoints" / LAST)["state"]
+    assert (state["iteration"], state["batch_in_epoch"]) == (killed_at, 6)
+    result = fit(_recipe(shapes, *overrides), parts, resume=True)
+    assert result.metrics is not None and (result.iterations, result.epochs) == (12, 2)
+
+    def history(workdir: Path) -> list[tuple[int, dict[str, float], float]]:
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+        return [(r["epoch"], r["train_losses"], r["metrics"]["summary"]["AP"]) for r in rows]
+
+    assert history(parts) == history(whole) and [e for e, _, _ in history(whole)] == [1, 2]
 
 
 @pytest.mark.slow

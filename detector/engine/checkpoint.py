@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,10 @@ class Checkpointer(Callback):
         self.workdir = workdir
         self.period_iters = period_iters
         self.metric = metric
+        self._step_event: dict[str, Any] | None = None
 
     def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
+        self._step_event = asdict(event)
         if event.iteration % self.period_iters == 0:
             self._save_last(trainer, trainer.checkpoint())
 
@@ -98,6 +101,10 @@ class Checkpointer(Callback):
         self._save_last(trainer, trainer.checkpoint())
 
     def _save_last(self, trainer: Trainer, payload: dict[str, Any]) -> None:
+        # The newest step's report travels too, like the epoch's: the progress a resumed run
+        # with no step left can still report.
+        if self._step_event is not None:
+            payload["step_event"] = self._step_event
         save_atomic(payload, last_checkpoint(self.workdir))
         trainer.state.saved_iteration = trainer.state.iteration
 

@@ -104,7 +104,21 @@ class DbEvents(Callback):
         resumed = trainer.state.iteration or None
         self.record(EventKind.START, start_payload(trainer), checkpoint=resumed)
         if resumed:
+            self._recover_lost_step(resumed)
             self._recover_lost_epoch(trainer)
+
+    def _recover_lost_step(self, resumed: int) -> None:
+        """Record the step event of the resumed iteration if a kill cut it off: a run resumed
+        at its very end takes no step that would report its progress."""
+
+        def reached(session: Session) -> int:
+            return int((repo.get_job(session, self.job_id).progress or {}).get("iteration", 0))
+
+        if self._transaction("progress", reached) >= resumed:
+            return
+        event = load_checkpoint(self.last_checkpoint).get("step_event")
+        if event is not None and event["iteration"] == resumed:
+            self.record(EventKind.STEP, event)
 
     def _recover_lost_epoch(self, trainer: Trainer) -> None:
         """Record the epoch event that a kill between the epoch-end save and its record cut

@@ -92,8 +92,9 @@ def test_a_run_killed_after_an_epochs_last_step_still_ends_that_epoch(
     fit(_recipe(shapes, *overrides), whole)
     with pytest.raises(KeyboardInterrupt):
         fit(_recipe(shapes, *overrides), parts, callbacks=[StopAt(killed_at)])  # 6 per epoch
-    state = load_checkpoint(parts / "checkpoints" / LAST)["state"]
-    assert (state["iteration"], state["batch_in_epoch"]) == (killed_at, 6)
+    saved = load_checkpoint(parts / "checkpoints" / LAST)
+    assert (saved["state"]["iteration"], saved["state"]["batch_in_epoch"]) == (killed_at, 6)
+    assert saved["step_event"]["iteration"] == killed_at  # the progress a resume can report
     result = fit(_recipe(shapes, *overrides), parts, resume=True)
     assert result.metrics is not None and (result.iterations, result.epochs) == (12, 2)
 

@@ -36,6 +36,7 @@ from detector.data.images import (
     json_get,
     short_repr,
 )
+from detector.data.label_gaps import absent_class
 from detector.data.report import DatasetError, Issue, Severity, ValidationReport
 
 __all__ = [
@@ -53,13 +54,6 @@ __all__ = [
 _SECTIONS = ("images", "annotations", "categories")
 DUPLICATE_IOU = 0.9
 """Two boxes of one class overlapping this much in one image are one object labelled twice."""
-ABSENT_MIN_IMAGES = 20
-ABSENT_MIN_SHARE = 0.9
-ABSENT_MIN_MEDIAN = 3
-"""``class_absent``: a class in at least this share of (at least this many) images, with a
-median of at least this many boxes where present, is suspicious where it has none at all. BCCD's
-red cells (197 of 205 training images, median 11) are; its white cells (about one per image)
-are not: one object per image is often absent for real."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -395,7 +389,15 @@ class _Checker:
             if positives[cat.id] == 0:
                 msg = f"category {cat.id} ({cat.name!r}) has no boxes"
                 self.add("warning", "category_without_boxes", msg, category_id=cat.id)
-            self._absent(records, cat)
+            for image_id, file_name, msg in absent_class(records, cat):
+                self.add(
+                    "info",
+                    "class_absent",
+                    msg,
+                    image_id=image_id,
+                    category_id=cat.id,
+                    file_name=file_name,
+                )
         num_boxes, num_crowd = sum(positives.values()), sum(sum(r.crowd) for r in records)
         names = Counter(c.name for c in categories)
         self.stats.update(
@@ -412,25 +414,3 @@ class _Checker:
             },
         )
         return records
-
-    def _absent(self, records: tuple[ImageRecord, ...], cat: Category) -> None:
-        """An info issue per labelled image lacking a class that is abundant everywhere else."""
-        per_image = [r.category_ids.count(cat.id) for r in records]  # a crowd box is a label
-        present = sorted(n for n in per_image if n)
-        if len(records) < ABSENT_MIN_IMAGES or len(present) == len(records):
-            return
-        median = present[len(present) // 2]
-        if len(present) < ABSENT_MIN_SHARE * len(records) or median < ABSENT_MIN_MEDIAN:
-            return
-        share = f"{len(present)} of {len(records)} images have them, median {median} per image"
-        for r, n in zip(records, per_image, strict=True):
-            if n == 0 and r.category_ids:  # an image without any box is already reported
-                msg = f"no {cat.name!r} box although {share}; check for missing labels"
-                self.add(
-                    "info",
-                    "class_absent",
-                    msg,
-                    image_id=r.id,
-                    category_id=cat.id,
-                    file_name=r.file_name,
-                )

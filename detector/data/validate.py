@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
-from detector.data.boxes import Box, fmt_box, fmt_number, iou, is_finite_number
+from detector.data.boxes import (
+    Box,
+    fmt_box,
+    fmt_number,
+    is_finite_number,
+    repeated_boxes,
+)
 from detector.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageFile,
@@ -52,8 +58,6 @@ __all__ = [
 ]
 
 _SECTIONS = ("images", "annotations", "categories")
-DUPLICATE_IOU = 0.9
-"""Two boxes of one class overlapping this much in one image are one object labelled twice."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -269,36 +273,21 @@ class _Checker:
         return self._finish(files, kept, categories, num_annotations=len(items))
 
     def _drop_duplicates(self, file: ImageFile, kept: _Kept) -> None:
-        """Drop a box that repeats an earlier one of the same class (IoU >= DUPLICATE_IOU).
+        """Drop a box that repeats an earlier one of its class (``boxes.repeated_boxes``).
 
         A doubly labelled object is a positive twice in training and an unmatchable ground
         truth (a certain miss) in evaluation; real datasets have them (BCCD does).
         """
         drop: set[int] = set()
-        for j in range(len(kept.boxes)):
-            for i in range(j):
-                same = kept.category_ids[i] == kept.category_ids[j] and not (
-                    kept.crowd[i] or kept.crowd[j]
-                )
-                if i in drop or not same:
-                    continue
-                overlap = iou(kept.boxes[i], kept.boxes[j])
-                if overlap >= DUPLICATE_IOU:
-                    msg = (
-                        f"box {fmt_box(kept.boxes[j])} repeats annotation "
-                        f"{kept.annotation_ids[i]} of the same category (IoU {overlap:.2f}); "
-                        "box dropped"
-                    )
-                    ids = {
-                        "image_id": file.id,
-                        "file_name": file.file_name,
-                        "category_id": kept.category_ids[j],
-                    }
-                    self.add(
-                        "warning", "duplicate_box", msg, annotation_id=kept.annotation_ids[j], **ids
-                    )
-                    drop.add(j)
-                    break
+        for j, i, overlap in repeated_boxes(kept.boxes, kept.category_ids, kept.crowd):
+            msg = (
+                f"box {fmt_box(kept.boxes[j])} repeats annotation {kept.annotation_ids[i]} of "
+                f"the same category (IoU {overlap:.2f}); box dropped"
+            )
+            ids = {"image_id": file.id, "file_name": file.file_name}
+            ids |= {"annotation_id": kept.annotation_ids[j], "category_id": kept.category_ids[j]}
+            self.add("warning", "duplicate_box", msg, **ids)
+            drop.add(j)
         for name in ("boxes", "annotation_ids", "category_ids", "crowd"):
             values = getattr(kept, name)
             setattr(kept, name, [v for k, v in enumerate(values) if k not in drop])
@@ -390,14 +379,8 @@ class _Checker:
                 msg = f"category {cat.id} ({cat.name!r}) has no boxes"
                 self.add("warning", "category_without_boxes", msg, category_id=cat.id)
             for image_id, file_name, msg in absent_class(records, cat):
-                self.add(
-                    "info",
-                    "class_absent",
-                    msg,
-                    image_id=image_id,
-                    category_id=cat.id,
-                    file_name=file_name,
-                )
+                ids = {"image_id": image_id, "category_id": cat.id, "file_name": file_name}
+                self.add("info", "class_absent", msg, **ids)
         num_boxes, num_crowd = sum(positives.values()), sum(sum(r.crowd) for r in records)
         names = Counter(c.name for c in categories)
         self.stats.update(

@@ -59,6 +59,23 @@ class TrainState:
     """Iteration of the newest ``last.pt`` this run wrote (None: none yet): a resume from it
     loses nothing before that point, which is what a supervisor calls progress."""
 
+    def checkpoint(self) -> dict[str, Any]:
+        """What a resume needs of the state (the rest is set again from the recipe)."""
+        return {
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best_metric": self.best_metric,
+            "loss_sums": dict(self.loss_sums),
+            "loss_steps": self.loss_steps,
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.epoch, self.iteration = saved["epoch"], saved["iteration"]
+        self.batch_in_epoch, self.best_metric = saved["batch_in_epoch"], saved["best_metric"]
+        # Checkpoints from before the sums were kept: the mean covers the steps after the resume.
+        self.loss_sums, self.loss_steps = saved.get("loss_sums", {}), saved.get("loss_steps", 0)
+
 
 @dataclass(frozen=True)
 class StepEvent:

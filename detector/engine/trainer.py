@@ -207,14 +207,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "state": {
-                "epoch": self.state.epoch,
-                "iteration": self.state.iteration,
-                "batch_in_epoch": self.state.batch_in_epoch,
-                "best_metric": self.state.best_metric,
-                "loss_sums": dict(self.state.loss_sums),
-                "loss_steps": self.state.loss_steps,
-            },
+            "state": self.state.checkpoint(),
             "rng": rng_state(),
             "callbacks": {type(cb).__qualname__: cb.state_dict() for cb in self.callbacks},
             "recipe": self.cfg.model_dump(mode="json"),
@@ -241,11 +234,7 @@ class Trainer:
         for cb in self.callbacks:
             if type(cb).__qualname__ in ckpt["callbacks"]:
                 cb.load_state_dict(ckpt["callbacks"][type(cb).__qualname__])
-        s = ckpt["state"]
-        self.state.epoch, self.state.iteration = s["epoch"], s["iteration"]
-        self.state.batch_in_epoch, self.state.best_metric = s["batch_in_epoch"], s["best_metric"]
-        # Checkpoints from before the sums were kept: the mean covers the steps after the resume.
-        self.state.loss_sums, self.state.loss_steps = s.get("loss_sums", {}), s.get("loss_steps", 0)
+        self.state.restore(ckpt["state"])
         set_rng_state(ckpt["rng"])
 
     # -- the loop ---------------------------------------------------------------------------

@@ -104,36 +104,28 @@ class DbEvents(Callback):
         resumed = trainer.state.iteration or None
         self.record(EventKind.START, start_payload(trainer), checkpoint=resumed)
         if resumed:
-            self._recover_lost_step(resumed)
-            self._recover_lost_epoch(trainer)
+            self._recover_lost_reports(resumed, epochs_done=trainer.state.epoch)
 
-    def _recover_lost_step(self, resumed: int) -> None:
-        """Record the step event of the resumed iteration if a kill cut it off: a run resumed
-        at its very end takes no step that would report its progress."""
+    def _recover_lost_reports(self, resumed: int, *, epochs_done: int) -> None:
+        """Record the step and epoch events of the resumed state that a kill cut off (the
+        checkpoint holds both): a run resumed at its very end takes no step that would report
+        its progress, and the metrics history then misses no epoch."""
 
-        def reached(session: Session) -> int:
-            return int((repo.get_job(session, self.job_id).progress or {}).get("iteration", 0))
-
-        if self._transaction("progress", reached) >= resumed:
-            return
-        event = load_checkpoint(self.last_checkpoint).get("step_event")
-        if event is not None and event["iteration"] == resumed:
-            self.record(EventKind.STEP, event)
-
-    def _recover_lost_epoch(self, trainer: Trainer) -> None:
-        """Record the epoch event that a kill between the epoch-end save and its record cut
-        off (the checkpoint holds it): the metrics history then misses no epoch."""
-        done = trainer.state.epoch
-
-        def last_recorded(session: Session) -> int:
+        def recorded(session: Session) -> tuple[int, int]:
+            progress = repo.get_job(session, self.job_id).progress or {}
             epochs = repo.epoch_events(session, self.job_id)
-            return max((e.payload["epoch"] for e in epochs), default=0)
+            last_epoch = max((e.payload["epoch"] for e in epochs), default=0)
+            return int(progress.get("iteration", 0)), last_epoch
 
-        if done == 0 or self._transaction("epoch events", last_recorded) >= done:
+        step_seen, epoch_seen = self._transaction("recorded progress", recorded)
+        if step_seen >= resumed and epoch_seen >= epochs_done:
             return
-        event = load_checkpoint(self.last_checkpoint).get("epoch_event")
-        if event is not None and event["epoch"] == done:
-            self.record(EventKind.EPOCH, event)
+        ckpt = load_checkpoint(self.last_checkpoint)
+        step, epoch = ckpt.get("step_event"), ckpt.get("epoch_event")
+        if step_seen < resumed and step is not None and step["iteration"] == resumed:
+            self.record(EventKind.STEP, step)
+        if epoch_seen < epochs_done and epoch is not None and epoch["epoch"] == epochs_done:
+            self.record(EventKind.EPOCH, epoch)
 
     def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:
         t, saved = time.monotonic(), self._new_checkpoint(trainer)

@@ -34,6 +34,7 @@ from torch import Tensor
 from train_step_setup import CASES, REPO, Batch, Case, make_batch
 
 from detector.config import TrainConfig
+from detector.device import native_bf16
 from detector.engine.optim import build_optimizer
 from detector.model.build import build_model
 from detector.recipe import load_recipe
@@ -176,7 +177,7 @@ def main() -> int:
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, cores {os.cpu_count()}, kernels "
         f"{torch.backends.cpu.get_cpu_capability()}, native bf16 (oneDNN) "
-        f"{'yes' if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 'no (emulated: slow)'}",
+        f"{'yes' if native_bf16(cpu) else 'no (emulated: slow)'}",
         flush=True,
     )
     print("check (fresh copies of the same weights):", flush=True)

@@ -6,6 +6,7 @@ the training loop.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -21,10 +22,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class SlowPrecisionWarning(UserWarning):
+    """The recipe asks for a precision this device only emulates."""
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 at speed: a CUDA GPU with bf16 units (Ampere and
+    later), or a CPU on which oneDNN has bf16 kernels (AVX-512, at best AVX-512 BF16 or AMX).
+    Elsewhere bf16 is emulated, and autocast to it is many times slower than fp32."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    # torch's own check for oneDNN's bf16 kernels (private, but there is no public one).
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def autocast_dtype(amp: Literal["off", "fp16", "bf16"], device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``solver.amp`` on ``device``: bf16 on CUDA and on the CPU
-    (oneDNN), fp16 on CUDA only; None for full precision."""
+    (oneDNN; a :class:`SlowPrecisionWarning` where it is only emulated), fp16 on CUDA only;
+    None for full precision."""
     if amp == "bf16":
+        if not native_bf16(device):
+            # Kept, not replaced by fp32: the numbers then match the recipe on every host.
+            msg = (
+                f"solver.amp=bf16: this {device.type} has no native bf16 (oneDNN needs AVX-512, "
+                "best with AVX-512 BF16 or AMX; CUDA needs Ampere or later), so bf16 is "
+                "emulated and training is many times slower than with solver.amp=off"
+            )
+            warnings.warn(msg, SlowPrecisionWarning, stacklevel=2)
         return torch.bfloat16
     if amp == "fp16" and device.type == "cuda":
         return torch.float16

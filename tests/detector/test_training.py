@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 from detector.config import TrainConfig
 from detector.data.coco import CocoDetection
 from detector.data.transforms import build_transforms
+from detector.device import SlowPrecisionWarning, native_bf16
 from detector.engine.callbacks import Callback, StepEvent, StopOnSignal, Trainer
 from detector.engine.checkpoint import BEST, LAST, load_checkpoint
 from detector.engine.trainer import NonFiniteLossError, fit
@@ -218,20 +220,25 @@ def test_bf16_autocast_and_channels_last_on_the_cpu_train_as_fp32_does(
     shapes: Path, tmp_path: Path
 ) -> None:
     """``solver.amp=bf16`` runs the network in bf16 on the CPU (the 4x of
-    bench/cpu_train_step.py on AMX CPUs), and the run follows the fp32 run's loss curve."""
+    bench/cpu_train_step.py on AMX CPUs), and the run follows the fp32 run's loss curve; on a
+    CPU that only emulates bf16 (AVX2) it says that it will be slow."""
     budget = (
         "solver.epochs=4",
         "solver.steps=[3]",
         "solver.warmup_iters=4",
         "eval.period_epochs=4",
     )
-    runs = {}
+    runs, slow = {}, {}
     for name, numerics in {
         "fp32": (),
         "bf16": ("solver.amp=bf16", "solver.channels_last=true"),
     }.items():
         runs[name] = Numerics()
-        fit(_recipe(shapes, *budget, *numerics), tmp_path / name, callbacks=[runs[name]])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit(_recipe(shapes, *budget, *numerics), tmp_path / name, callbacks=[runs[name]])
+        slow[name] = any(issubclass(w.category, SlowPrecisionWarning) for w in caught)
+    assert slow == {"fp32": False, "bf16": not native_bf16(torch.device("cpu"))}
     # Validation (losses and metrics) runs in fp32 either way.
     assert (runs["fp32"].dtypes, runs["bf16"].dtypes) == (
         {torch.float32},

@@ -26,13 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
-from detector.data.boxes import (
-    Box,
-    fmt_box,
-    fmt_number,
-    is_finite_number,
-    repeated_boxes,
-)
+from detector.data.boxes import Box, fmt_box, fmt_number, is_finite_number, repeated_boxes
 from detector.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageFile,

@@ -118,13 +118,14 @@ class DbEvents(Callback):
             return int(progress.get("iteration", 0)), last_epoch
 
         step_seen, epoch_seen = self._transaction("recorded progress", recorded)
-        if step_seen >= resumed and epoch_seen >= epochs_done:
+        lost_step, lost_epoch = step_seen < resumed, epoch_seen < epochs_done
+        if not (lost_step or lost_epoch):
             return
         ckpt = load_checkpoint(self.last_checkpoint)
         step, epoch = ckpt.get("step_event"), ckpt.get("epoch_event")
-        if step_seen < resumed and step is not None and step["iteration"] == resumed:
+        if lost_step and step is not None and step["iteration"] == resumed:
             self.record(EventKind.STEP, step)
-        if epoch_seen < epochs_done and epoch is not None and epoch["epoch"] == epochs_done:
+        if lost_epoch and epoch is not None and epoch["epoch"] == epochs_done:
             self.record(EventKind.EPOCH, epoch)
 
     def on_step_end(self, trainer: Trainer, event: StepEvent) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -51,8 +52,17 @@ _BEGIN_MODES: Final = frozenset({"DEFERRED", "IMMEDIATE", "EXCLUSIVE"})
 _PG_MIGRATION_LOCK: Final = 0x7265_7469_6E61_6E65  # "retinane"
 
 
-def make_engine(url: str | URL) -> Engine:
-    """An engine for ``url``: ``sqlite:///path.db`` or ``postgresql+psycopg://...``."""
+def make_engine(url: str | URL, *, frozen_transaction_s: float | None = None) -> Engine:
+    """An engine for ``url``: ``sqlite:///path.db`` or ``postgresql+psycopg://...``.
+
+    ``frozen_transaction_s`` (PostgreSQL only): the server ends a transaction of this engine
+    that has sat idle that long, and with it the row locks it held. A process frozen inside a
+    transaction (SIGSTOP, a paused VM, a debugger) would otherwise hold them until it wakes,
+    and the job row it locked could never be taken over. Workers pass their lease: past it
+    their writes are fenced out anyway, so the cut transaction loses nothing. SQLite has no
+    such cut: a process frozen inside a write transaction holds the file's write lock until it
+    resumes or dies (docs/reliability.md).
+    """
     sa_url = make_url(url)
     if sa_url.get_backend_name() == "sqlite":
         return _sqlite_engine(sa_url)
@@ -60,7 +70,20 @@ def make_engine(url: str | URL) -> Engine:
         # A bare postgresql:// would pick psycopg2, which the project does not install.
         sa_url = sa_url.set(drivername="postgresql+psycopg")
     # pre_ping: a worker idles between jobs and the server may have dropped its connections.
-    return create_engine(sa_url, pool_pre_ping=True, **PG_POOL)
+    engine = create_engine(sa_url, pool_pre_ping=True, **PG_POOL)
+    if frozen_transaction_s is not None:
+        timeout_ms = max(1, round(frozen_transaction_s * 1000))
+        event.listen(engine, "connect", partial(_set_idle_transaction_timeout, timeout_ms))
+    return engine
+
+
+def _set_idle_transaction_timeout(
+    timeout_ms: int, dbapi_connection: Any, _record: ConnectionPoolEntry
+) -> None:
+    """Set ``idle_in_transaction_session_timeout`` for a new PostgreSQL connection."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {int(timeout_ms)}")
+    dbapi_connection.commit()  # a SET inside a rolled-back transaction would be undone
 
 
 def _sqlite_engine(url: URL) -> Engine:

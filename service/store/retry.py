@@ -34,12 +34,18 @@ class StoreUnavailableError(StoreError):
     """The store stayed busy or unreachable until the caller's deadline."""
 
 
+# PostgreSQL ended a transaction that sat idle past ``idle_in_transaction_session_timeout``
+# (the process was frozen, see ``make_engine``); psycopg raises it as an InternalError.
+_IDLE_TRANSACTION_CUT: Final = "25P03"
+
+
 def is_transient(error: BaseException) -> bool:
     """A database error that the same transaction, run again later, may not meet."""
     if isinstance(error, sa_exc.OperationalError | sa_exc.TimeoutError):
         return True  # locked / busy, connection lost, server restarting; pool exhausted
     if isinstance(error, sa_exc.DBAPIError):
-        return bool(error.connection_invalidated)
+        cut = getattr(error.orig, "sqlstate", None) == _IDLE_TRANSACTION_CUT
+        return cut or bool(error.connection_invalidated)
     return False
 
 

@@ -34,7 +34,7 @@ def train_job(settings: Settings, job_id: str, token: int) -> int:
     process, finalize the run into the model file and record its end."""
     storage = Storage(settings.data_dir)
     workdir = storage.job_dir(job_id)
-    sessions = session_factory(make_engine(settings.db_url))
+    sessions = session_factory(make_engine(settings.db_url, frozen_transaction_s=settings.lease_s))
     events = db_events(settings, sessions, job_id, token)
     try:
         cfg = load_recipe(workdir / "recipe.yaml")

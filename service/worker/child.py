@@ -33,7 +33,7 @@ def run_child(settings: Settings, job_id: str, token: int) -> None:
     # Saves cut off by a kill leave temporary files; no save of this job runs before fit.
     remove_stale_temporaries(workdir)
     log = redirect_output(storage.log_file(job_id))
-    sessions = session_factory(make_engine(settings.db_url))
+    sessions = session_factory(make_engine(settings.db_url, frozen_transaction_s=settings.lease_s))
     try:
         devices = write_job_recipe(sessions, job_id, workdir, mlflow_uri=settings.mlflow_uri)
     except Exception as exc:

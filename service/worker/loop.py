@@ -64,7 +64,9 @@ class Worker:
     def sessions(self) -> sessionmaker[Session]:
         if self._sessions is None:
             with_retry(lambda: migrate(self.settings.db_url), what="migrate")
-            self._sessions = session_factory(make_engine(self.settings.db_url))
+            self._sessions = session_factory(
+                make_engine(self.settings.db_url, frozen_transaction_s=self.settings.lease_s)
+            )
         return self._sessions
 
     def stop(self, *_: object) -> None:

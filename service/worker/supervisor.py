@@ -148,7 +148,9 @@ class Supervisor:
     @property
     def sessions(self) -> sessionmaker[Session]:
         if self._sessions is None:  # the schema is the API's and the workers' to migrate
-            self._sessions = session_factory(make_engine(self.settings.db_url))
+            self._sessions = session_factory(
+                make_engine(self.settings.db_url, frozen_transaction_s=self.settings.lease_s)
+            )
         return self._sessions
 
     def _deadline(self) -> float:

@@ -7,6 +7,8 @@ module instead of a test file.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,10 +17,12 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, select
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.store import repo
 from service.store.db import make_engine, migrate, session_factory
+from service.store.retry import in_transaction, is_transient
 from service.store.tables import Base, Job, JobEvent
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -198,3 +202,31 @@ def assert_each_job_claimed_once(url: str, *, jobs: int, workers: int) -> None:
         assert len(set(claimers_by_job(factory).values())) == workers
     finally:
         engine.dispose()
+
+
+FROZEN_FENCED_OUT = 3  # exit code of ``freeze_in_transaction``: its late write was refused
+
+
+def freeze_in_transaction(
+    url: str, job_id: str, token: int, ready: Any, frozen_transaction_s: float
+) -> None:
+    """Process target: report a checkpoint (the row is locked), stop itself before the commit
+    (SIGSTOP, as a frozen worker), then, once woken (SIGCONT), commit and write again the way
+    a worker does: a refused commit is retried (``in_transaction``) and must be fenced out."""
+    factory = session_factory(make_engine(url, frozen_transaction_s=frozen_transaction_s))
+    session = factory()
+    assert repo.record_checkpoint(session, job_id=job_id, token=token, iteration=7)
+    ready.set()
+    os.kill(os.getpid(), signal.SIGSTOP)
+    try:
+        session.commit()
+    except sa_exc.DBAPIError as error:
+        assert is_transient(error), error
+    else:
+        os._exit(0)
+
+    def report(retry: Session) -> bool:
+        return repo.record_checkpoint(retry, job_id=job_id, token=token, iteration=7)
+
+    fenced = not in_transaction(factory, report, what="late checkpoint")
+    os._exit(FROZEN_FENCED_OUT if fenced else 0)

@@ -95,6 +95,46 @@ def gone(pid: int) -> bool:
         return True
 
 
+def stopped(pid: int) -> bool:
+    """The process is stopped by a signal (state T), not merely sent one."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def write_lock_free(db_path: Path) -> bool:
+    """No connection to the SQLite file holds its write lock now (a write could start)."""
+    db = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        return False
+    finally:
+        db.close()
+
+
+def freeze_between_writes(pids: tuple[int, ...], db_path: Path) -> None:
+    """SIGSTOP ``pids`` at a moment when none of them is inside a write transaction.
+
+    A process frozen inside one keeps SQLite's write lock until it resumes or dies, and no
+    other process can write meanwhile: not even to take the job over (SQLite's limit, in
+    docs/reliability.md; PostgreSQL cuts such a transaction off after a lease). What this
+    test checks is the fencing of a frozen worker's late writes, so it freezes between them.
+    """
+    for _ in range(100):
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda: all(stopped(pid) for pid in pids), 10, "the processes to stop")
+        if write_lock_free(db_path):
+            return
+        for pid in reversed(pids):
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(random.uniform(0.02, 0.2))
+    raise AssertionError("the worker held the write lock at every one of 100 stops")
+
+
 def child_of(worker: subprocess.Popen[bytes]) -> int:
     found: list[int] = []
 
@@ -251,8 +291,7 @@ def test_a_worker_stopped_past_its_lease_writes_nothing_when_it_wakes(
                 "progress",
             )
             child = child_of(first)
-            for pid in (first.pid, child):
-                os.kill(pid, signal.SIGSTOP)
+            freeze_between_writes((first.pid, child), data_dir / "retinanet.db")
             stopped = job_row(data_dir, job_id)
             owner, stopped_iteration = stopped["lease_owner"], stopped["checkpoint_iteration"]
             stopped_iteration = max(stopped_iteration, json.loads(stopped["progress"])["iteration"])
@@ -276,8 +315,14 @@ def test_a_worker_stopped_past_its_lease_writes_nothing_when_it_wakes(
         finally:
             for process in (first, second):
                 if process is not None:
+                    # A failure above may leave the first worker stopped: SIGTERM would wait.
+                    process.send_signal(signal.SIGCONT)
                     process.terminate()
-                    process.wait(timeout=60)
+                    try:
+                        process.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait(timeout=60)
     assert done["status"] == "succeeded" and done["attempt"] == 2
     assert b"lease lost" in (tmp_path / "worker1.log").read_bytes()
     statuses = [e["status"] for e in events(data_dir, job_id, "status")]

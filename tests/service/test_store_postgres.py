@@ -7,8 +7,12 @@ Each test works in a fresh schema that is dropped afterwards.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import make_url, select, text
@@ -18,10 +22,12 @@ from service.store.db import make_engine, migrate
 from service.store.tables import Job
 
 from .store_support import (
+    FROZEN_FENCED_OUT,
     add_dataset,
     add_job,
     assert_each_job_claimed_once,
     at,
+    freeze_in_transaction,
     migrate_after,
     run_processes,
     schema_diffs,
@@ -116,3 +122,37 @@ def test_old_token_is_fenced_out_after_a_reclaim(factory):
 
 def test_four_processes_claim_each_job_exactly_once(url):
     assert_each_job_claimed_once(url, jobs=40, workers=4)
+
+
+def test_a_transaction_frozen_past_its_lease_is_cut_off_and_the_job_taken_over(url, factory):
+    # A worker frozen (SIGSTOP) inside a transaction holds the job row's lock; claimers skip
+    # locked rows, so without the server's cut the job would stay with the frozen worker.
+    job_id = add_job(factory, add_dataset(factory))
+    first = repo.claim_next_job(factory, worker_id="frozen", lease_s=1, now=at(0))
+    assert first is not None
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    frozen = context.Process(
+        target=freeze_in_transaction, args=(url, job_id, first.token, ready, 2.0)
+    )
+    frozen.start()
+    assert frozen.pid is not None
+    try:
+        assert ready.wait(60), "the frozen process never locked the row"
+        state = Path(f"/proc/{frozen.pid}/stat")
+        while state.read_text().rsplit(")", 1)[1].split()[0] != "T":
+            time.sleep(0.05)
+        started, second = time.monotonic(), None
+        while second is None and time.monotonic() - started < 30:
+            second = repo.claim_next_job(factory, worker_id="second", lease_s=60, now=at(10))
+            time.sleep(0.2)
+        assert second is not None, "the job stayed locked by the frozen transaction"
+        assert (second.job_id, second.token) == (job_id, first.token + 1)
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+        frozen.join(60)
+    # Its transaction was gone when it woke; written again, it was fenced out.
+    assert frozen.exitcode == FROZEN_FENCED_OUT
+    with factory() as session:
+        job = repo.get_job(session, job_id)
+        assert (job.lease_owner, job.checkpoint_iteration) == ("second", 0)

@@ -36,19 +36,26 @@ def native_bf16(device: torch.device) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def precision_warning(amp: Literal["off", "fp16", "bf16"], device: torch.device) -> str | None:
+    """Why ``solver.amp`` will be slow on ``device`` (bf16 where it is only emulated), if so."""
+    if amp != "bf16" or native_bf16(device):
+        return None
+    return (
+        f"solver.amp=bf16: this {device.type} has no native bf16 (oneDNN needs AVX-512, "
+        "best with AVX-512 BF16 or AMX; CUDA needs Ampere or later), so bf16 is "
+        "emulated and training is many times slower than with solver.amp=off"
+    )
+
+
 def autocast_dtype(amp: Literal["off", "fp16", "bf16"], device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``solver.amp`` on ``device``: bf16 on CUDA and on the CPU
     (oneDNN; a :class:`SlowPrecisionWarning` where it is only emulated), fp16 on CUDA only;
     None for full precision."""
     if amp == "bf16":
-        if not native_bf16(device):
-            # Kept, not replaced by fp32: the numbers then match the recipe on every host.
-            msg = (
-                f"solver.amp=bf16: this {device.type} has no native bf16 (oneDNN needs AVX-512, "
-                "best with AVX-512 BF16 or AMX; CUDA needs Ampere or later), so bf16 is "
-                "emulated and training is many times slower than with solver.amp=off"
-            )
-            warnings.warn(msg, SlowPrecisionWarning, stacklevel=2)
+        # Kept where emulated, not replaced by fp32: the numbers then match the recipe on
+        # every host.
+        if (slow := precision_warning(amp, device)) is not None:
+            warnings.warn(slow, SlowPrecisionWarning, stacklevel=2)
         return torch.bfloat16
     if amp == "fp16" and device.type == "cuda":
         return torch.float16

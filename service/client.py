@@ -130,6 +130,10 @@ class Client:
     def metrics(self, job_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/v1/jobs/{job_id}/metrics"))
 
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's attempts: claims, training starts (with their warnings), status changes."""
+        return list(self._call("GET", f"/v1/jobs/{job_id}/history")["data"])
+
     def logs(self, job_id: str, *, tail: int = 200) -> str:
         return str(self._call("GET", f"/v1/jobs/{job_id}/logs", params={"tail": tail}))
 

@@ -356,7 +356,11 @@ class JobHistoryEntry(Body):
     iteration: int | None = Field(
         default=None, description="start: resumed from; status: the checkpoint's iteration"
     )
-    message: str | None = Field(default=None, description="the reason or the error")
+    message: str | None = Field(
+        default=None,
+        description="status: the reason; error: the error; start: the setup's warnings (a "
+        "weak anchor fit, a precision this device only emulates), one per line",
+    )
 
 
 class JobHistory(Body):

@@ -107,12 +107,13 @@ class EpochEvent:
 
 
 def start_payload(trainer: Trainer) -> dict[str, Any]:
-    """What a run reports when it starts (or resumes): where, on how many processes, and the
-    anchor fit."""
+    """What a run reports when it starts (or resumes): where, on how many processes, the
+    anchor fit, and the warnings of its setup (a weak anchor fit, an emulated precision)."""
     return {
         "iteration": trainer.state.iteration,
         "processes": trainer.processes,
         "anchor_fit": asdict(trainer.anchor_fit),
+        "warnings": list(trainer.warnings),
     }
 
 
@@ -122,6 +123,7 @@ class Trainer(Protocol):
 
     state: TrainState
     anchor_fit: AnchorFit
+    warnings: tuple[str, ...]
 
     @property
     def processes(self) -> int:

@@ -23,7 +23,7 @@ from detector.config import TrainConfig
 from detector.data.coco import CocoDetection
 from detector.data.sampler import EpochBatchSampler, SeededSamples, train_loader
 from detector.data.transforms import build_transforms
-from detector.device import autocast_dtype, resolve_device
+from detector.device import autocast_dtype, precision_warning, resolve_device
 from detector.engine.callbacks import Callback, EarlyStopping, EpochEvent, StepEvent, TrainState
 from detector.engine.checkpoint import (
     Checkpointer,
@@ -136,6 +136,15 @@ class Trainer:
             self.optimizer, cfg.solver, iters_per_epoch=iters_per_epoch
         )
         self.amp_dtype = autocast_dtype(cfg.solver.amp, self.device)
+        # Also in the start event: the service shows them in the job's history.
+        self.warnings = tuple(
+            text
+            for text in (
+                self.anchor_fit.to_text() if self.anchor_fit.weak() else None,
+                precision_warning(cfg.solver.amp, self.device),
+            )
+            if text is not None
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = TrainState(
             max_iters=total_iterations(cfg.solver, iters_per_epoch=iters_per_epoch),

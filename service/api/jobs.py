@@ -261,7 +261,8 @@ def get_history(job_id: JobIdPath, session: ReadSessionDep) -> JobHistory:
 def _history_entry(event: JobEvent) -> JobHistoryEntry:
     p = event.payload
     iteration = p.get("iteration") if event.kind == "start" else p.get("checkpoint_iteration")
-    message = p.get("error") or p.get("reason")
+    warnings = p.get("warnings") if event.kind == "start" else None
+    message = p.get("error") or p.get("reason") or ("\n".join(warnings) if warnings else None)
     return JobHistoryEntry(
         id=event.id,
         kind=event.kind,

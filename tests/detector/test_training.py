@@ -7,6 +7,7 @@ import os
 import signal
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,7 +16,13 @@ from detector.config import TrainConfig
 from detector.data.coco import CocoDetection
 from detector.data.transforms import build_transforms
 from detector.device import SlowPrecisionWarning, native_bf16
-from detector.engine.callbacks import Callback, StepEvent, StopOnSignal, Trainer
+from detector.engine.callbacks import (
+    Callback,
+    StepEvent,
+    StopOnSignal,
+    Trainer,
+    start_payload,
+)
 from detector.engine.checkpoint import BEST, LAST, load_checkpoint
 from detector.engine.trainer import NonFiniteLossError, fit
 from detector.engine.trainer import Trainer as TrainingLoop
@@ -200,9 +207,11 @@ class Numerics(Callback):
         self.losses: list[float] = []
         self.dtypes: set[torch.dtype] = set()
         self.channels_last: set[bool] = set()
+        self.start: dict[str, Any] = {}
 
     def on_fit_start(self, trainer: Trainer) -> None:
         assert isinstance(trainer, TrainingLoop)
+        self.start = start_payload(trainer)
         conv = trainer.model.backbone.body.conv1
 
         def record(module: torch.nn.Module, _: object, out: torch.Tensor) -> None:
@@ -239,6 +248,9 @@ def test_bf16_autocast_and_channels_last_on_the_cpu_train_as_fp32_does(
             fit(_recipe(shapes, *budget, *numerics), tmp_path / name, callbacks=[runs[name]])
         slow[name] = any(issubclass(w.category, SlowPrecisionWarning) for w in caught)
     assert slow == {"fp32": False, "bf16": not native_bf16(torch.device("cpu"))}
+    for name, run in runs.items():  # the start event carries it to the service's job history
+        warned = [w for w in run.start["warnings"] if w.startswith("solver.amp=bf16: ")]
+        assert len(warned) == int(slow[name]), run.start["warnings"]
     # Validation (losses and metrics) runs in fp32 either way.
     assert (runs["fp32"].dtypes, runs["bf16"].dtypes) == (
         {torch.float32},

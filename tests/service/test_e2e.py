@@ -54,6 +54,12 @@ def test_upload_train_follow_and_read_map(
         assert kinds.count("epoch") == 20 and "step" in kinds and "end" in kinds
         done = client.wait(job["id"], timeout_s=DEADLINE_S)
         assert done["status"] == "succeeded" and done["attempt"] == 1, client.logs(job["id"])
+        history = [(e["kind"], e["status"], e["iteration"]) for e in client.history(job["id"])]
+        assert history == [
+            ("status", "running", None),
+            ("start", None, 0),
+            ("status", "succeeded", None),
+        ]
         metrics = client.metrics(job["id"])
         assert len(metrics["history"]) == 20 and set(metrics["latest"]["summary"]) >= {
             "AP",
@@ -89,6 +95,20 @@ def test_upload_train_follow_and_read_map(
             assert got["bbox"] == pytest.approx(want["bbox"], abs=1e-2)
             assert got["score"] == pytest.approx(want["score"], abs=1e-4)
 
+        # Anchors far too large for 96 px shapes: the job trains, and its history says why it
+        # will learn little (the anchor fit's warning, as the trainer printed it).
+        far = {
+            **SIZES,
+            "solver": {"epochs": 1, "steps": []},
+            "model": {"anchor_sizes": [512, 640, 768, 896, 1024]},
+        }
+        weak = client.create_job(
+            train_dataset_id=train["id"], recipe="shapes_tiny", recipe_overrides=far
+        )
+        assert client.wait(weak["id"], timeout_s=DEADLINE_S)["status"] == "succeeded"
+        (start,) = [e for e in client.history(weak["id"]) if e["kind"] == "start"]
+        assert start["message"].startswith("anchor fit at IoU >=") and "<-- LOW" in start["message"]
+
 
 @pytest.mark.slow
 def test_a_job_on_two_processes_trains_data_parallel(
@@ -98,9 +118,15 @@ def test_a_job_on_two_processes_trains_data_parallel(
     with _worker(data_dir, tmp_path / "worker.log"), Client(url, api_key=API_KEY) as client:
         train = client.upload_dataset(shapes["train"], shapes["images"], name="train")
         val = client.upload_dataset(shapes["val"], shapes["images"], name="val")
+        # Short: that two processes learn as one does is tests/detector/test_distributed.py's
+        # to show; here, that a job asking for two runs on two and ends like any other.
         job = client.create_job(
             train_dataset_id=train["id"], val_dataset_id=val["id"], recipe="shapes_tiny",
-            recipe_overrides={**SIZES, "eval": {"period_epochs": 10}}, devices=2,
+            recipe_overrides={
+                **SIZES, "solver": {"epochs": 4, "steps": [3], "warmup_iters": 4},
+                "eval": {"period_epochs": 2},
+            },
+            devices=2,
         )  # fmt: skip
         assert job["devices"] == 2
         done = client.wait(job["id"], timeout_s=DEADLINE_S)
@@ -108,9 +134,11 @@ def test_a_job_on_two_processes_trains_data_parallel(
         events = list(client.events(job["id"]))
         starts = [e["data"] for e in events if e["event"] == "start"]
         assert [s["processes"] for s in starts] == [2]
-        assert sum(e["event"] == "epoch" for e in events) == 20  # rank 0 alone records
-        metrics = client.metrics(job["id"])
-        assert metrics["latest"]["summary"]["AP50"] > 0.15
+        assert sum(e["event"] == "epoch" for e in events) == 4  # rank 0 alone records
+        history = client.metrics(job["id"])["history"]
+        losses = [sum(h["train_losses"].values()) for h in history]
+        assert len(losses) == 4 and losses[-1] < losses[0], losses
+        assert set(history[-1]["metrics"]["summary"]) >= {"AP", "AP50"}
         assert client.model_of_job(job["id"])["metrics_split"] == "val"
 
 
@@ -192,7 +220,7 @@ def test_sigterm_checkpoints_and_releases_for_the_next_worker(
         job = client.create_job(
             train_dataset_id=train["id"], recipe="shapes_tiny", devices=devices,
             recipe_overrides={
-                **SIZES, "solver": {"epochs": 8, "steps": [6]}, "checkpoint_period_iters": 1000
+                **SIZES, "solver": {"epochs": 4, "steps": [3]}, "checkpoint_period_iters": 1000
             },
         )  # fmt: skip
         first = _start(["worker"], data_dir, tmp_path / "worker1.log")
@@ -208,7 +236,8 @@ def test_sigterm_checkpoints_and_releases_for_the_next_worker(
         stopped_at = load_checkpoint(data_dir / "jobs" / job["id"] / "checkpoints" / "last.pt")[
             "state"
         ]["iteration"]
-        assert stopped_at >= 2  # no periodic checkpoint was due: this one was written on SIGTERM
+        # No periodic checkpoint was due: this one was written on SIGTERM, before the end.
+        assert 2 <= stopped_at < 24
         with _worker(data_dir, tmp_path / "worker2.log"):
             done = client.wait(job["id"], timeout_s=DEADLINE_S)
         assert done["status"] == "succeeded" and done["attempt"] == 2

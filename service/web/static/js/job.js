@@ -91,7 +91,7 @@
   function showHistory(hist) {
     $("history").replaceChildren(...hist.data.map((e) => {
       let text;
-      if (e.kind === "start") text = e.iteration ? `training resumed from iteration ${e.iteration}` : "training started";
+      if (e.kind === "start") text = (e.iteration ? `training resumed from iteration ${e.iteration}` : "training started") + (e.message ? `; warning: ${e.message}` : "");
       else if (e.kind === "error") text = `error: ${e.message}`;
       else if (e.status === "running") text = `attempt ${e.attempt} claimed by worker ${short(e.worker_id)}`;
       else text = `${e.status}${e.message ? `: ${e.message}` : ""}${e.iteration ? ` (checkpoint at iteration ${e.iteration})` : ""}`;

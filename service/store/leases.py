@@ -252,7 +252,10 @@ def finish_job(
     }
     if _fenced_update(session, job_id=job_id, token=token, values=values) is None:
         return False
-    add_event(session, job_id, "status", {"status": status, "error": error}, now)
+    # The history then says where it ended, as it does for every other status change.
+    iteration = session.scalar(select(Job.checkpoint_iteration).where(Job.id == job_id))
+    payload = {"status": status, "error": error, "checkpoint_iteration": iteration}
+    add_event(session, job_id, "status", payload, now)
     session.flush()
     return True
 

@@ -58,7 +58,7 @@ def test_upload_train_follow_and_read_map(
         assert history == [
             ("status", "running", None),
             ("start", None, 0),
-            ("status", "succeeded", None),
+            ("status", "succeeded", 120),
         ]
         metrics = client.metrics(job["id"])
         assert len(metrics["history"]) == 20 and set(metrics["latest"]["summary"]) >= {

@@ -226,7 +226,11 @@ def test_finish_job_clears_the_lease_and_records_the_outcome(factory, dataset_id
     row = job(factory, job_id)
     assert (row.status, row.error, row.finished_at) == ("failed", "boom", at(2))
     assert row.lease_owner is None and row.lease_expires_at is None
-    assert events(factory, job_id)[-1].payload == {"status": "failed", "error": "boom"}
+    assert events(factory, job_id)[-1].payload == {
+        "status": "failed",
+        "error": "boom",
+        "checkpoint_iteration": 0,
+    }
 
 
 def test_list_jobs_newest_first_with_status_filter(factory, dataset_id):

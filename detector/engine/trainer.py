@@ -110,8 +110,9 @@ class Trainer:
         self.val_set = self._eval_set(cfg)
         # Checked before any step: a class no anchor can match trains poorly however long.
         self.anchor_fit = anchor_fit(self.train_set.coco, cfg.model, cfg.data)
-        if self.anchor_fit.weak():
-            warnings.warn(self.anchor_fit.to_text(), AnchorFitWarning, stacklevel=2)
+        weak_fit = self.anchor_fit.to_text() if self.anchor_fit.weak() else None
+        if weak_fit is not None:
+            warnings.warn(weak_fit, AnchorFitWarning, stacklevel=2)
         self.seeded = SeededSamples(self.train_set, seed=cfg.seed)
         self.sampler = EpochBatchSampler(
             num_samples=len(self.train_set),
@@ -137,14 +138,8 @@ class Trainer:
         )
         self.amp_dtype = autocast_dtype(cfg.solver.amp, self.device)
         # Also in the start event: the service shows them in the job's history.
-        self.warnings = tuple(
-            text
-            for text in (
-                self.anchor_fit.to_text() if self.anchor_fit.weak() else None,
-                precision_warning(cfg.solver.amp, self.device),
-            )
-            if text is not None
-        )
+        slow = precision_warning(cfg.solver.amp, self.device)
+        self.warnings = tuple(text for text in (weak_fit, slow) if text is not None)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = TrainState(
             max_iters=total_iterations(cfg.solver, iters_per_epoch=iters_per_epoch),

@@ -12,6 +12,7 @@ import signal
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
@@ -202,6 +203,15 @@ def assert_each_job_claimed_once(url: str, *, jobs: int, workers: int) -> None:
         assert len(set(claimers_by_job(factory).values())) == workers
     finally:
         engine.dispose()
+
+
+def process_state(pid: int) -> str | None:
+    """The process's state letter from ``/proc`` (R, S, T stopped, Z zombie...); None once
+    it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
 
 
 FROZEN_FENCED_OUT = 3  # exit code of ``freeze_in_transaction``: its late write was refused

@@ -38,6 +38,7 @@ from .e2e_support import (  # noqa: F401  (fixtures)
     up,
     wait_for,
 )
+from .store_support import process_state
 
 # 8 epochs of 6 iterations, a checkpoint every 2: progress between any two kills. A frozen
 # backbone halves the step and the checkpoint (no optimiser state for it) on 2 cores.
@@ -89,15 +90,7 @@ def training_child(worker_pid: int) -> int | None:
 
 def gone(pid: int) -> bool:
     """The process ended (reaped, or a zombie its parent has yet to reap)."""
-    try:
-        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) == "Z"
-    except OSError:
-        return True
-
-
-def stopped(pid: int) -> bool:
-    """The process is stopped by a signal (state T), not merely sent one."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    return process_state(pid) in (None, "Z")
 
 
 def write_lock_free(db_path: Path) -> bool:
@@ -123,10 +116,14 @@ def freeze_between_writes(pids: tuple[int, ...], db_path: Path) -> None:
     docs/reliability.md; PostgreSQL cuts such a transaction off after a lease). What this
     test checks is the fencing of a frozen worker's late writes, so it freezes between them.
     """
+
+    def stopped() -> bool:  # state T: stopped, not merely sent the signal
+        return all(process_state(pid) == "T" for pid in pids)
+
     for _ in range(100):
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
-        wait_for(lambda: all(stopped(pid) for pid in pids), 10, "the processes to stop")
+        wait_for(stopped, 10, "the processes to stop")
         if write_lock_free(db_path):
             return
         for pid in reversed(pids):

@@ -12,7 +12,6 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import make_url, select, text
@@ -29,6 +28,7 @@ from .store_support import (
     at,
     freeze_in_transaction,
     migrate_after,
+    process_state,
     run_processes,
     schema_diffs,
 )
@@ -139,8 +139,7 @@ def test_a_transaction_frozen_past_its_lease_is_cut_off_and_the_job_taken_over(u
     assert frozen.pid is not None
     try:
         assert ready.wait(60), "the frozen process never locked the row"
-        state = Path(f"/proc/{frozen.pid}/stat")
-        while state.read_text().rsplit(")", 1)[1].split()[0] != "T":
+        while process_state(frozen.pid) in ("R", "S", "D"):  # until stopped (or dead)
             time.sleep(0.05)
         started, second = time.monotonic(), None
         while second is None and time.monotonic() - started < 30:

@@ -219,7 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 urls = {"torch": url, "unbatched": url_unbatched, "onnxruntime": url_ort}
                 cases = measure(urls, model_id, weights, image_path, args)
         dense = dense_rows(weights, onnx_file, image_path)
-    print_report(cases, dense, image_path, args, export["parity"]["summary"])
+        # Read now: a generated image goes with the temporary folder.
+        width_height = "x".join(map(str, read_rgb(image_path).shape[1:][::-1]))
+        image = f"{image_path.name} ({width_height})"
+    print_report(cases, dense, image, args, export["parity"]["summary"])
     return 0
 
 
@@ -309,15 +312,14 @@ def dense_rows(weights: Path, onnx_file: Path, image_path: Path) -> list[tuple[i
 
 
 def print_report(
-    cases: list[Case], dense: list[tuple[int, float, float]], image: Path,
+    cases: list[Case], dense: list[tuple[int, float, float]], image: str,
     args: argparse.Namespace, parity: str,
 ) -> None:  # fmt: skip
     by = {c.name + str(c.concurrency): c for c in cases}
     bare1, http1 = by["bare model, 1 image per call1"], by["HTTP, batching on1"]
     off8, on8 = by["HTTP, batching off8"], by["HTTP, batching on8"]
     print(f"- Date: {time.strftime('%Y-%m-%d')}; {device_line()}; inference on {args.device}")
-    print(f"- Image: {image.name} ({'x'.join(map(str, read_rgb(image).shape[1:][::-1]))}); "
-          f"{args.rounds} rounds x {args.requests} requests per client thread")  # fmt: skip
+    print(f"- Image: {image}; {args.rounds} rounds x {args.requests} requests per client thread")
     print(f"- ONNX export: {parity}\n")
     print("| case | concurrency | images/call | p50 ms | p99 ms | images/s |")
     print("|---|---:|---:|---:|---:|---:|")

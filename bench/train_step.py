@@ -76,9 +76,12 @@ def check(case: Case, stock: Trainee, ours: Trainee, device: torch.device) -> li
     if missing != ["head.log_vars"] or unexpected:
         raise SystemExit(f"weights do not map: missing {missing}, unexpected {unexpected}")
     lines = []
-    # fp32 on the check: AMP would make the comparison about rounding, not about the loss.
+    # Full fp32 on the check: AMP, and TF32 (cuDNN's default for convolutions on Ampere and
+    # later, ~1e-3 relative), would make the comparison about rounding, not about the loss.
     saved = stock.amp, ours.amp
+    saved_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     stock.amp = ours.amp = False
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         same = make_batch(case, device, seed=1000, same_image=True)
         ref, mine = stock.losses(same), ours.losses(same)
@@ -122,6 +125,7 @@ def check(case: Case, stock: Trainee, ours: Trainee, device: torch.device) -> li
         lines.append(f"{case.name}: realistic batch (10-20 boxes per image): {terms}")
     finally:
         stock.amp, ours.amp = saved
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved_tf32
     # The check left gradients behind and no optimiser state: start both from a clean slate.
     stock.optimizer.zero_grad(set_to_none=True)
     ours.optimizer.zero_grad(set_to_none=True)

@@ -18,7 +18,11 @@ bash scripts/compose-tool.sh ||
   echo "warning: no docker-compose; the compose tests skip here, and fail under CI" >&2
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
-echo "== pytest"; pytest_rc=0; .venv/bin/python -m pytest "$@" || pytest_rc=$?
+# Two processes (pytest-xdist) for CI's 2 cores: the suite's many waits (workers, leases,
+# servers starting) overlap with the other's training; each gets its share of the cores
+# (tests/conftest.py). Work-stealing evens out the long tests; `-n 0` runs it in one process.
+echo "== pytest"; pytest_rc=0
+.venv/bin/python -m pytest -n 2 --dist worksteal "$@" || pytest_rc=$?
 # The image built and the whole loop run in containers (docker-compose --profile cpu up);
 # skips where no Docker engine can run, fails under CI. Its pytest prints its own closing line.
 echo "== compose stage"; compose_rc=0; bash scripts/compose-stage.sh -q || compose_rc=$?

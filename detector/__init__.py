@@ -28,7 +28,12 @@ from detector.engine.callbacks import (
     start_payload,
 )
 from detector.engine.checkpoint import last_checkpoint, load_checkpoint, remove_stale_temporaries
-from detector.engine.distributed import is_main_process, local_devices, rank_environment
+from detector.engine.distributed import (
+    is_main_process,
+    local_devices,
+    rank_environment,
+    usable_cpus,
+)
 from detector.engine.tracking_tensorboard import tensorboard_dir
 from detector.engine.trainer import FitResult, NonFiniteLossError, fit
 from detector.evaluate.coco import CocoMetrics
@@ -95,5 +100,6 @@ __all__ = [
     "start_payload",
     "tensorboard_dir",
     "test_metrics_file",
+    "usable_cpus",
     "validate_coco",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -18,6 +19,7 @@ from filelock import FileLock
 
 from detector.data.shapes import ShapesSpec, make_shapes_splits
 from detector.engine.callbacks import JsonlEvents
+from detector.engine.distributed import usable_cpus
 from detector.engine.trainer import fit
 from tests.trained import TrainedRun, shapes_recipe
 
@@ -30,8 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers is None or "OMP_NUM_THREADS" in os.environ:
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // int(workers))
+    threads = max(1, usable_cpus() // int(workers))
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
 
@@ -51,9 +52,9 @@ def _once(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], T])
         if value_file.is_file():
             value: T = pickle.loads(value_file.read_bytes())
             return value
-        folder = root / name
-        folder.mkdir()
-        value = make(folder)
+        # A fresh folder each time: if the first worker's ``make`` failed, the next one starts
+        # clean and fails with the real error, not on a half-made folder.
+        value = make(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root)))
         value_file.write_bytes(pickle.dumps(value))
         return value
 

@@ -156,4 +156,9 @@ def local_devices() -> int:
     the CPU cores this process may use (each Gloo process then takes a share of them)."""
     if torch.cuda.is_available():
         return torch.cuda.device_count()
+    return usable_cpus()
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +29,7 @@ from detector import (
     data_overrides,
     fit,
     last_checkpoint,
+    usable_cpus,
 )
 from detector import load_recipe as resolve
 from service.studies.grid import Cell, cells_of, job_overrides, seeds_of
@@ -145,7 +145,7 @@ def run_jobs(jobs: Sequence[Job], *, processes: int) -> list[JobResult]:
     that has used torch's thread pools can deadlock."""
     if processes == 1:
         return [run_job(job) for job in jobs]
-    threads = max(1, len(os.sched_getaffinity(0)) // processes)
+    threads = max(1, usable_cpus() // processes)
     with ProcessPoolExecutor(
         max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
         initializer=_use_threads, initargs=(threads,),

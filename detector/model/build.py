@@ -30,6 +30,7 @@ from detector.model.heads import (
     FocalRetinaNetHead,
 )
 from detector.model.losses import AUTO_ALPHA_MEAN, frequency_alpha
+from detector.model.matching import BatchMatchingRetinaNet
 from detector.model.weights import (
     CLASS_LOGITS,
     load_into,
@@ -209,7 +210,9 @@ def build_model(
         num_classes=num_classes,
         class_counts=class_counts,
     )
-    model = RetinaNet(
+    # Our head's loss takes the batch-wise matches; the stock head keeps torchvision's loop.
+    detector = RetinaNet if cfg.head == "torchvision" else BatchMatchingRetinaNet
+    model = detector(
         build_backbone(cfg),
         num_classes,
         anchor_generator=anchor_generator,

@@ -1,13 +1,15 @@
 """RetinaNet heads with a focal classification loss computed over the whole batch at once.
 
-They keep torchvision's head interface, so :class:`torchvision.models.detection.RetinaNet`
-drives them unchanged. Anchor labels from the matcher (``matched_idxs``) follow torchvision's
-convention: ``>= 0`` the index of the matched ground-truth box, ``-1`` background, ``-2``
-ignored (IoU between the background and foreground thresholds).
+Their forward passes are torchvision's; their losses take the batched ground truth and
+matches of :class:`~detector.model.matching.BatchMatchingRetinaNet`. Anchor matches follow
+torchvision's convention: ``>= 0`` the index of the matched ground-truth box, ``-1``
+background, ``-2`` ignored (IoU between the background and foreground thresholds).
 
 Unlike torchvision's heads, which loop over images and normalise each by its own number of
 positives, every loss here is one call over ``(N, R, ...)`` tensors normalised by the number
-of positive anchors in the whole batch, as in the paper.
+of positive anchors in the whole batch, as in the paper. Anchors a loss leaves out get a
+weight of 0 rather than being indexed away: boolean indexing makes a GPU stop and report how
+many elements remain before the next kernel can be queued.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torchvision.models.detection.retinanet import (
     RetinaNetClassificationHead,
     RetinaNetRegressionHead,
 )
-from torchvision.ops import box_area, generalized_box_iou_loss
+from torchvision.ops import generalized_box_iou_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
 from detector.config import GROUP_NORM_GROUPS
@@ -35,9 +37,7 @@ from detector.model.losses import (
     softmax_focal_loss,
     uncertainty_weighted,
 )
-
-BACKGROUND = -1
-IGNORE = -2
+from detector.model.matching import IGNORE, PaddedTargets, ignore_crowd
 
 ClassificationLoss = Literal["sigmoid_focal", "alpha_balanced_ce", "softmax_focal"]
 BoxLoss = Literal["smooth_l1", "l1", "giou"]
@@ -49,39 +49,32 @@ class MatchedTargets(NamedTuple):
     matched: Tensor
     """int64[N, R]: matched box index, or BACKGROUND / IGNORE."""
     boxes: Tensor
-    """float[N, R, 4] xyxy: the matched box of each anchor (meaningless where matched < 0)."""
+    """float[N, R, 4] xyxy: the matched box of each anchor; where matched < 0 the anchor
+    itself, a finite target that every box loss can compute (and then leaves out)."""
     labels: Tensor
-    """int64[N, R]: the matched label of each anchor (meaningless where matched < 0)."""
+    """int64[N, R] in 0..K-1: the matched label of each anchor (meaningless where
+    matched < 0)."""
+    positives: Tensor
+    """float scalar: positive anchors in the whole batch, at least 1."""
 
 
-def gather_matched(
-    targets: Sequence[dict[str, Tensor]], matched_idxs: Sequence[Tensor]
-) -> MatchedTargets:
-    """Pad each image's boxes to the batch maximum and gather them per anchor, in one go.
+def gather_matched(gt: PaddedTargets, anchors: Tensor, matched: Tensor) -> MatchedTargets:
+    """Each anchor's matched box and label, gathered from the padded batch in one go.
 
     Args:
-        targets: N dicts with ``boxes`` float[M_i, 4] and ``labels`` int64[M_i].
-        matched_idxs: N tensors int64[R].
+        gt: the batch's ground truth, padded to M boxes per image.
+        anchors: float[N, R, 4] xyxy.
+        matched: int64[N, R] from :func:`~detector.model.matching.match_anchors`.
     """
-    matched = torch.stack(list(matched_idxs))  # (N, R)
-    n, device = matched.shape[0], matched.device
-    max_boxes = max(1, *(len(t["labels"]) for t in targets))
-    boxes = torch.zeros(n, max_boxes, 4, device=device, dtype=targets[0]["boxes"].dtype)
-    labels = torch.zeros(n, max_boxes, device=device, dtype=torch.int64)
-    for i, t in enumerate(targets):  # a copy per image; the loss itself is batched
-        boxes[i, : len(t["labels"])] = t["boxes"]
-        labels[i, : len(t["labels"])] = t["labels"]
     index = matched.clamp(min=0)  # (N, R)
+    foreground = (matched >= 0).unsqueeze(-1)  # (N, R, 1)
+    boxes = gt.boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))  # (N, R, 4)
     return MatchedTargets(
         matched=matched,
-        boxes=boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4)),  # (N, R, 4)
-        labels=labels.gather(1, index),  # (N, R)
+        boxes=torch.where(foreground, boxes, anchors),
+        labels=gt.labels.gather(1, index).clamp(min=0),  # padding rows hold -1
+        positives=(matched >= 0).sum().clamp(min=1).to(torch.float32),
     )
-
-
-def num_positives(matched: Tensor) -> Tensor:
-    """Positive anchors in the whole batch, at least 1 (a float scalar for division)."""
-    return (matched >= 0).sum().clamp(min=1).to(torch.float32)
 
 
 def conv_tower(
@@ -186,33 +179,30 @@ class FocalClassificationHead(RetinaNetClassificationHead):
             return {"cls_logits": logits}
         return {"cls_logits": foreground_log_odds(logits), "softmax_logits": logits}
 
-    def elementwise_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Summed loss of float[P, K] logits against float[P, K] 0/1 targets."""
+    def elementwise_loss(self, logits: Tensor, targets: Tensor, weight: Tensor) -> Tensor:
+        """Summed loss of float[..., K] logits against float[..., K] 0/1 targets, each element
+        times ``weight`` (broadcast)."""
         if self.loss_kind == "alpha_balanced_ce":
-            return alpha_balanced_ce(logits, targets, self.alpha, reduction="sum")
-        return self._focal(logits, targets, self.alpha, self.gamma, "sum")
+            return alpha_balanced_ce(logits, targets, self.alpha, "sum", weight=weight)
+        return self._focal(logits, targets, self.alpha, self.gamma, "sum", weight=weight)
 
-    def compute_loss(
-        self,
-        targets: list[dict[str, Tensor]],
-        head_outputs: dict[str, Tensor],
-        matched_idxs: list[Tensor],
-    ) -> Tensor:
+    def compute_loss(self, gt: MatchedTargets, head_outputs: dict[str, Tensor]) -> Tensor:
         """Focal loss over all non-ignored anchors of the batch / batch-wide positive count."""
-        gt = gather_matched(targets, matched_idxs)
         foreground = gt.matched >= 0  # (N, R)
-        valid = gt.matched != IGNORE
+        kept = gt.matched != IGNORE
         if self.loss_kind == "softmax_focal":
             softmax = head_outputs["softmax_logits"].float()  # (N, R, K + 1)
             classes = torch.where(foreground, gt.labels, self.num_classes)  # (N, R); K: bg
             loss = softmax_focal_loss(
-                softmax[valid], classes[valid], self.softmax_alpha, self.gamma, "sum"
+                softmax, classes, self.softmax_alpha, self.gamma, "sum", weight=kept.float()
             )
-            return loss / num_positives(gt.matched)
+            return loss / gt.positives
         logits = head_outputs["cls_logits"].float()  # (N, R, K); the loss runs in fp32 under AMP
-        one_hot = F.one_hot(gt.labels, self.num_classes).to(logits.dtype)  # (N, R, K)
-        one_hot *= foreground.unsqueeze(-1)
-        return self.elementwise_loss(logits[valid], one_hot[valid]) / num_positives(gt.matched)
+        # A comparison, not F.one_hot, which reads its input's range back on the CPU.
+        classes = torch.arange(self.num_classes, device=logits.device)
+        one_hot = (gt.labels.unsqueeze(-1) == classes) & foreground.unsqueeze(-1)  # (N, R, K)
+        weight = kept.unsqueeze(-1).to(logits.dtype)  # (N, R, 1)
+        return self.elementwise_loss(logits, one_hot.to(logits.dtype), weight) / gt.positives
 
 
 class BoxRegressionHead(RetinaNetRegressionHead):
@@ -244,30 +234,32 @@ class BoxRegressionHead(RetinaNetRegressionHead):
         self.smooth_l1_beta = smooth_l1_beta
 
     def compute_loss(
-        self,
-        targets: list[dict[str, Tensor]],
-        head_outputs: dict[str, Tensor],
-        anchors: list[Tensor],
-        matched_idxs: list[Tensor],
+        self, gt: MatchedTargets, head_outputs: dict[str, Tensor], anchors: Tensor
     ) -> Tensor:
-        """Box loss summed over the batch's positive anchors / their count."""
-        gt = gather_matched(targets, matched_idxs)
-        foreground = gt.matched >= 0  # (N, R)
-        deltas = head_outputs["bbox_regression"].float()[foreground]  # (P, 4)
-        fg_anchors = torch.stack(anchors)[foreground]  # (P, 4)
-        fg_boxes = gt.boxes[foreground]  # (P, 4)
+        """Box loss summed over the batch's positive anchors / their count.
+
+        Args:
+            gt: the batch's matches.
+            head_outputs: ``bbox_regression`` float[N, R, 4].
+            anchors: float[N, R, 4] xyxy.
+        """
+        deltas = head_outputs["bbox_regression"].float()  # (N, R, 4)
+        flat_anchors, flat_boxes = anchors.flatten(0, 1), gt.boxes.flatten(0, 1)  # (N R, 4)
         if self.loss_kind == "giou":
-            decoded = self.box_coder.decode_single(deltas, fg_anchors)
-            loss: Tensor = generalized_box_iou_loss(decoded, fg_boxes, reduction="sum")
+            decoded = self.box_coder.decode_single(deltas.flatten(0, 1), flat_anchors)
+            per_anchor = generalized_box_iou_loss(decoded, flat_boxes, reduction="none")
         else:
-            target_deltas = self.box_coder.encode_single(fg_boxes, fg_anchors)
+            target = self.box_coder.encode_single(flat_boxes, flat_anchors)  # (N R, 4)
             if self.loss_kind == "l1":
-                loss = F.l1_loss(deltas, target_deltas, reduction="sum")
+                per_element = F.l1_loss(deltas.flatten(0, 1), target, reduction="none")
             else:
-                loss = F.smooth_l1_loss(
-                    deltas, target_deltas, beta=self.smooth_l1_beta, reduction="sum"
+                per_element = F.smooth_l1_loss(
+                    deltas.flatten(0, 1), target, beta=self.smooth_l1_beta, reduction="none"
                 )
-        return loss / num_positives(gt.matched)
+            per_anchor = per_element.sum(dim=-1)
+        # where, not a product: 0 x an overflow on some background anchor would be NaN.
+        kept = torch.where(gt.matched.flatten() >= 0, per_anchor, 0.0)  # (N R,)
+        return kept.sum() / gt.positives
 
 
 class FocalRetinaNetHead(nn.Module):
@@ -300,23 +292,26 @@ class FocalRetinaNetHead(nn.Module):
 
     def compute_loss(
         self,
-        targets: list[dict[str, Tensor]],
+        gt: PaddedTargets,
         head_outputs: dict[str, Tensor],
-        anchors: list[Tensor],
-        matched_idxs: list[Tensor],
+        anchors: Tensor,
+        matched: Tensor,
     ) -> dict[str, Tensor]:
         """``{"classification": scalar, "bbox_regression": scalar}``, already weighted.
 
         The total loss is the sum of the values.
+
+        Args:
+            gt: the batch's ground truth, padded.
+            head_outputs: what :meth:`forward` returned.
+            anchors: float[N, R, 4] xyxy.
+            matched: int64[N, R] from :func:`~detector.model.matching.match_anchors`.
         """
-        matched_idxs = ignore_crowd(targets, anchors, matched_idxs, min_ioa=self.crowd_ioa)
+        matched = ignore_crowd(gt, anchors, matched, min_ioa=self.crowd_ioa)
+        targets = gather_matched(gt, anchors, matched)
         losses = {
-            "classification": self.classification_head.compute_loss(
-                targets, head_outputs, matched_idxs
-            ),
-            "bbox_regression": self.regression_head.compute_loss(
-                targets, head_outputs, anchors, matched_idxs
-            ),
+            "classification": self.classification_head.compute_loss(targets, head_outputs),
+            "bbox_regression": self.regression_head.compute_loss(targets, head_outputs, anchors),
         }
         if self.weighting == "uncertainty":
             return uncertainty_weighted(losses, self.log_vars)
@@ -351,35 +346,3 @@ def _init_prior(conv: nn.Conv2d, *, prior_prob: float, num_classes: int, loss: s
         bias = conv.bias.view(-1, num_classes + 1)  # (A, K + 1)
         bias.zero_()
         bias[:, num_classes] = math.log(max(1 / prior_prob - num_classes, 1.0))
-
-
-def ignore_crowd(
-    targets: Sequence[dict[str, Tensor]],
-    anchors: Sequence[Tensor],
-    matched_idxs: Sequence[Tensor],
-    *,
-    min_ioa: float,
-) -> list[Tensor]:
-    """Turn background anchors mostly inside a crowd region into ignored ones.
-
-    A crowd box marks many objects that are not labelled one by one: an anchor there is
-    neither a positive nor a trustworthy negative.
-
-    Args:
-        targets: dicts that may hold ``crowd_boxes`` float[C, 4] xyxy.
-        anchors: N tensors float[R, 4] xyxy.
-        matched_idxs: N tensors int64[R].
-        min_ioa: intersection over anchor area from which an anchor is ignored.
-    """
-    out = []
-    for target, anchors_i, matched in zip(targets, anchors, matched_idxs, strict=True):
-        crowd = target.get("crowd_boxes")
-        if crowd is None or crowd.numel() == 0:
-            out.append(matched)
-            continue
-        lt = torch.max(anchors_i[:, None, :2], crowd[None, :, :2])
-        rb = torch.min(anchors_i[:, None, 2:], crowd[None, :, 2:])
-        inter = (rb - lt).clamp(min=0).prod(dim=-1)  # (R, C)
-        ioa = (inter / box_area(anchors_i).clamp(min=1e-6)[:, None]).amax(dim=1)  # (R,)
-        out.append(torch.where((matched == BACKGROUND) & (ioa >= min_ioa), IGNORE, matched))
-    return out

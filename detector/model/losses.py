@@ -27,6 +27,8 @@ def sigmoid_focal_loss(
     alpha: Alpha = 0.25,
     gamma: float = 2.0,
     reduction: Reduction = "none",
+    *,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Focal loss of Lin et al. (2017) on independent per-class sigmoids.
 
@@ -39,6 +41,8 @@ def sigmoid_focal_loss(
             float[K] tensor (one weight per class), or None / a negative number for none.
         gamma: focusing parameter >= 0; 0 gives the alpha-balanced cross-entropy.
         reduction: "none" -> float[..., K]; "mean" or "sum" -> a scalar.
+        weight: broadcast to float[..., K] and multiplied in before the reduction; a weight
+            of 0 leaves an element out without the indexing that waits for a GPU.
     """
     # BCE-with-logits is log-sum-exp stable, so logits of +-100 stay finite.
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -48,7 +52,7 @@ def sigmoid_focal_loss(
     miss = targets * torch.sigmoid(-logits) + (1 - targets) * torch.sigmoid(logits)
     loss = ce * _modulation(miss, gamma)
     loss = _apply_alpha(loss, targets, alpha)
-    return _reduce(loss, reduction)
+    return _reduce(loss, reduction, weight)
 
 
 def alpha_balanced_ce(
@@ -56,13 +60,15 @@ def alpha_balanced_ce(
     targets: Tensor,
     alpha: Alpha = 0.25,
     reduction: Reduction = "none",
+    *,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """The paper's alpha-balanced binary cross-entropy ``-alpha_t * log(p_t)``.
 
-    Shapes as :func:`sigmoid_focal_loss`; equal to it with ``gamma = 0``.
+    Arguments and shapes as :func:`sigmoid_focal_loss`; equal to it with ``gamma = 0``.
     """
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return _reduce(_apply_alpha(ce, targets, alpha), reduction)
+    return _reduce(_apply_alpha(ce, targets, alpha), reduction, weight)
 
 
 def softmax_focal_loss(
@@ -71,6 +77,8 @@ def softmax_focal_loss(
     alpha: Alpha = None,
     gamma: float = 2.0,
     reduction: Reduction = "none",
+    *,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Multi-class focal loss on a softmax: ``-alpha_y * (1 - p_y) ** gamma * log(p_y)``.
 
@@ -80,6 +88,7 @@ def softmax_focal_loss(
         alpha: None (no weighting), a scalar applied to every row, or float[C] per class.
         gamma: focusing parameter >= 0; 0 gives (class-weighted) softmax cross-entropy.
         reduction: "none" -> float[N]; "mean" or "sum" -> a scalar.
+        weight: float[N] (or broadcastable), multiplied in before the reduction.
     """
     log_p = F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     loss = -_modulation(-torch.expm1(log_p), gamma) * log_p
@@ -87,7 +96,7 @@ def softmax_focal_loss(
         loss = loss * alpha.to(loss)[targets]
     elif alpha is not None and alpha >= 0:
         loss = loss * alpha
-    return _reduce(loss, reduction)
+    return _reduce(loss, reduction, weight)
 
 
 def _modulation(miss: Tensor, gamma: float) -> Tensor:
@@ -187,7 +196,9 @@ def _apply_alpha(loss: Tensor, targets: Tensor, alpha: Alpha) -> Tensor:
     return loss * (alpha * targets + (1 - alpha) * (1 - targets))
 
 
-def _reduce(loss: Tensor, reduction: Reduction) -> Tensor:
+def _reduce(loss: Tensor, reduction: Reduction, weight: Tensor | None = None) -> Tensor:
+    if weight is not None:
+        loss = loss * weight
     if reduction == "none":
         return loss
     if reduction == "mean":

@@ -10,12 +10,13 @@ import torch
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead
 
 from detector.model.heads import (
-    IGNORE,
     BoxRegressionHead,
     FocalClassificationHead,
     FocalRetinaNetHead,
-    ignore_crowd,
+    MatchedTargets,
+    gather_matched,
 )
+from detector.model.matching import IGNORE, PaddedTargets, ignore_crowd, pad_targets
 
 K, A = 3, 2
 
@@ -48,6 +49,13 @@ def _batch(
         "bbox_regression": torch.randn(2, rows, 4, generator=gen) * 0.5,
     }
     return targets, outputs, [anchors, anchors.clone()], matched
+
+
+def _gathered(
+    targets: list[dict[str, torch.Tensor]], anchors: list[torch.Tensor], matched: list[torch.Tensor]
+) -> MatchedTargets:
+    """What the heads' losses take, from per-image lists."""
+    return gather_matched(pad_targets(targets), torch.stack(anchors), torch.stack(matched))
 
 
 def _focal(x: float, t: float, alpha: float = 0.25, gamma: float = 2.0) -> float:
@@ -102,35 +110,33 @@ def test_batched_losses_equal_per_anchor_reference() -> None:
     targets, outputs, anchors, matched = _batch()
     cls, box = _heads()
     cls_ref, box_ref = _reference(targets, outputs, anchors, matched, beta=0.11)
-    cls_loss = cls.compute_loss(targets, outputs, matched)
-    box_loss = box.compute_loss(targets, outputs, anchors, matched)
+    gt = _gathered(targets, anchors, matched)
+    cls_loss = cls.compute_loss(gt, outputs)
+    box_loss = box.compute_loss(gt, outputs, torch.stack(anchors))
     assert cls_loss.item() == pytest.approx(cls_ref, rel=1e-5)
     assert box_loss.item() == pytest.approx(box_ref, rel=1e-5)
 
 
 def test_ignored_anchors_do_not_count() -> None:
-    targets, outputs, _, matched = _batch()
+    targets, outputs, anchors, matched = _batch()
+    gt = _gathered(targets, anchors, matched)
     cls, _ = _heads()
-    before = cls.compute_loss(targets, outputs, matched)
+    before = cls.compute_loss(gt, outputs)
     changed = {k: v.clone() for k, v in outputs.items()}
     changed["cls_logits"][0][matched[0] == IGNORE] = 50.0
-    assert cls.compute_loss(targets, changed, matched).item() == pytest.approx(
-        before.item(), rel=1e-6
-    )
+    assert cls.compute_loss(gt, changed).item() == pytest.approx(before.item(), rel=1e-6)
     changed["cls_logits"][0][matched[0] == -1] += 1.0  # background anchors do count
-    assert cls.compute_loss(targets, changed, matched).item() != pytest.approx(
-        before.item(), rel=1e-3
-    )
+    assert cls.compute_loss(gt, changed).item() != pytest.approx(before.item(), rel=1e-3)
 
 
 def test_equals_torchvision_when_images_have_equal_positive_counts() -> None:
     """torchvision normalises per image; with equal counts the batch-wide norm is the same."""
-    targets, outputs, _, matched = _batch(rows=30)
+    targets, outputs, anchors, matched = _batch(rows=30)
     for m in matched:
         m[:] = torch.tensor([0, 0, 0, 0] + [-1] * 20 + [-2] * 6)
     cls, _ = _heads()
     ref = RetinaNetClassificationHead(8, A, K)
-    ours = cls.compute_loss(targets, outputs, matched)
+    ours = cls.compute_loss(_gathered(targets, anchors, matched), outputs)
     torch.testing.assert_close(
         ours, ref.compute_loss(targets, outputs, matched), rtol=1e-5, atol=1e-6
     )
@@ -142,8 +148,9 @@ def test_batch_without_any_box_gives_finite_loss() -> None:
     matched = [torch.full((10,), -1)] * 2
     anchors = [torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(10, 1)] * 2
     cls, box = _heads()
-    assert torch.isfinite(cls.compute_loss(targets, outputs, matched))
-    assert box.compute_loss(targets, outputs, anchors, matched).item() == 0.0
+    gt = _gathered(targets, anchors, matched)
+    assert torch.isfinite(cls.compute_loss(gt, outputs))
+    assert box.compute_loss(gt, outputs, torch.stack(anchors)).item() == 0.0
 
 
 def test_prior_bias_and_alpha_checks() -> None:
@@ -157,6 +164,7 @@ def test_prior_bias_and_alpha_checks() -> None:
 
 def test_giou_and_l1_box_losses_are_zero_for_perfect_deltas() -> None:
     targets, outputs, anchors, matched = _batch()
+    gt = _gathered(targets, anchors, matched)
     for kind in ("l1", "giou"):
         box = BoxRegressionHead(in_channels=8, num_anchors=A, num_convs=1, channels=8, loss=kind)
         perfect = {k: v.clone() for k, v in outputs.items()}
@@ -165,27 +173,33 @@ def test_giou_and_l1_box_losses_are_zero_for_perfect_deltas() -> None:
             perfect["bbox_regression"][i][fg] = box.box_coder.encode_single(
                 target["boxes"][matched[i][fg]], anchors[i][fg]
             )
-        assert box.compute_loss(targets, perfect, anchors, matched).item() == pytest.approx(
+        assert box.compute_loss(gt, perfect, torch.stack(anchors)).item() == pytest.approx(
             0.0, abs=1e-5
         )
-        assert box.compute_loss(targets, outputs, anchors, matched).item() > 0.01
+        assert box.compute_loss(gt, outputs, torch.stack(anchors)).item() > 0.01
 
 
 def test_uncertainty_weighting_in_head_is_trainable() -> None:
-    targets, outputs, anchors, matched = _batch()
+    targets, outputs, anchor_list, matched_list = _batch()
+    padded, anchors, matched = (
+        pad_targets(targets),
+        torch.stack(anchor_list),
+        torch.stack(matched_list),
+    )
+    gt = gather_matched(padded, anchors, matched)
     cls, box = _heads()
     head = FocalRetinaNetHead(classification_head=cls, regression_head=box, weighting="uncertainty")
-    losses = head.compute_loss(targets, outputs, anchors, matched)
+    losses = head.compute_loss(padded, outputs, anchors, matched)
     sum(losses.values()).backward()  # type: ignore[union-attr]
     assert head.log_vars.requires_grad and head.log_vars.grad is not None
     fixed = FocalRetinaNetHead(
         classification_head=cls, regression_head=box, cls_weight=2.0, box_weight=0.5
     )
     plain = {
-        "classification": cls.compute_loss(targets, outputs, matched),
-        "bbox_regression": box.compute_loss(targets, outputs, anchors, matched),
+        "classification": cls.compute_loss(gt, outputs),
+        "bbox_regression": box.compute_loss(gt, outputs, anchors),
     }
-    weighted = fixed.compute_loss(targets, outputs, anchors, matched)
+    weighted = fixed.compute_loss(padded, outputs, anchors, matched)
     torch.testing.assert_close(weighted["classification"], 2.0 * plain["classification"])
     torch.testing.assert_close(weighted["bbox_regression"], 0.5 * plain["bbox_regression"])
     assert not fixed.log_vars.requires_grad
@@ -195,7 +209,25 @@ def test_background_anchors_inside_crowd_regions_are_ignored() -> None:
     anchors = torch.tensor(
         [[0.0, 0.0, 10.0, 10.0], [40.0, 40.0, 50.0, 50.0], [0.0, 0.0, 10.0, 10.0]]
     )
-    matched = torch.tensor([-1, -1, 0])
-    target = {"crowd_boxes": torch.tensor([[0.0, 0.0, 20.0, 20.0]])}
-    (out,) = ignore_crowd([target], [anchors], [matched], min_ioa=0.5)
-    assert out.tolist() == [IGNORE, -1, 0]  # the positive stays positive
+    matched = torch.tensor([[-1, -1, 0], [-1, -1, 0]])
+    box = {"boxes": torch.tensor([[0.0, 0.0, 9.0, 9.0]]), "labels": torch.tensor([1])}
+    # Image 0 has two crowd regions (one far away), image 1 none: its row is padding.
+    crowded = {**box, "crowd_boxes": torch.tensor([[0.0, 0.0, 20.0, 20.0], [90, 90, 99, 99]])}
+    gt = pad_targets([crowded, box])
+    assert gt.crowd.shape == (2, 2, 4) and gt.crowd_valid.tolist() == [[True, True], [False, False]]
+    out = ignore_crowd(gt, torch.stack([anchors, anchors]), matched, min_ioa=0.5)
+    assert out.tolist() == [[IGNORE, -1, 0], [-1, -1, 0]]  # the positive stays positive
+    # A padding row is no crowd even at a threshold of 0, where any real region would do.
+    assert ignore_crowd(gt, torch.stack([anchors, anchors]), matched, min_ioa=0.0)[1].tolist() == [
+        -1,
+        -1,
+        0,
+    ]
+    no_crowd = pad_targets([box, box])
+    assert ignore_crowd(no_crowd, torch.stack([anchors, anchors]), matched, min_ioa=0.5) is matched
+
+
+def test_padding_keeps_a_row_when_no_image_has_a_box() -> None:
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    gt: PaddedTargets = pad_targets([empty, empty])
+    assert gt.boxes.shape == (2, 1, 4) and not gt.valid.any() and gt.crowd.shape == (2, 0, 4)

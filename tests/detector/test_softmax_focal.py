@@ -16,8 +16,14 @@ from detector.engine.checkpoint import LAST
 from detector.engine.trainer import fit
 from detector.export import export_onnx
 from detector.model.build import resolve_alpha
-from detector.model.heads import FocalClassificationHead, foreground_log_odds, softmax_class_alpha
+from detector.model.heads import (
+    FocalClassificationHead,
+    foreground_log_odds,
+    gather_matched,
+    softmax_class_alpha,
+)
 from detector.model.losses import frequency_alpha
+from detector.model.matching import pad_targets
 from detector.predict import PredictOptions, Predictor, read_rgb
 from tests.trained import shapes_recipe
 
@@ -77,7 +83,8 @@ def test_softmax_head_loss_is_the_formula(
         expected += -weights[y] * (1 - p_y) ** gamma * math.log(p_y)
     expected /= 2  # positives
     head = _head(alpha, gamma)
-    got = head.compute_loss(targets, {"softmax_logits": logits}, matched)
+    gt = gather_matched(pad_targets(targets), torch.zeros(1, 5, 4), torch.stack(matched))
+    got = head.compute_loss(gt, {"softmax_logits": logits})
     assert float(got) == pytest.approx(expected, rel=1e-5)
 
 

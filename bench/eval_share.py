@@ -1,11 +1,16 @@
-"""The share of a BCCD training epoch spent in validation, with pycocotools and faster-coco-eval.
+"""The share of a BCCD training epoch spent in validation: one pass against two, and the
+scoring with pycocotools against faster-coco-eval.
 
 One run: trains ``configs/bccd_r18.yaml`` on the real BCCD train split for ``--epochs`` at a
-small size (validation off, so the training wall time is the training alone), then runs on the
-val split, with the trained model, exactly what the trainer runs after every epoch: the
-validation loss pass, the detection pass, and the scoring of those (real) detections, with
-both backends interleaved (``--repeats`` each, median). The share of an epoch in validation =
-validation / (training epoch + validation), with each backend's scoring time.
+small size (validation off, so the training wall time is the training alone), then, on the val
+split with the trained model, what the trainer runs after every epoch, two ways interleaved
+(``--repeats`` each, median): the two passes it ran until 2026-12-06 (the loss in training
+mode with BatchNorm frozen, then the detections in eval mode: written out here as the
+reference) and the one pass it runs now (:func:`detector.evaluate.runner.validate`: the loss
+from the eval pass's own head outputs). The two must agree (loss terms within 1e-5, the same
+detections) before anything is timed. Then the scoring of those (real) detections with both
+backends, interleaved. Share of an epoch in validation = validation / (training epoch +
+validation).
 
     .venv/bin/python bench/eval_share.py [--size 160] [--epochs 1] [--repeats 5]
 """
@@ -25,17 +30,52 @@ from detector.data.coco import CocoDetection
 from detector.engine.trainer import fit
 from detector.evaluate.backends import EVAL_BACKENDS
 from detector.evaluate.coco import score_detections
-from detector.evaluate.runner import predict_dataset, validation_loss
+from detector.evaluate.runner import Validation, _loader, predict_dataset, validate
 from detector.predict import Predictor
 from detector.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, object]:
     start = time.perf_counter()
     value = fn()
     return time.perf_counter() - start, value
+
+
+@torch.no_grad()
+def two_passes(model: torch.nn.Module, val: CocoDetection) -> Validation:
+    """The validation of ``b63f2f5`` and before: a loss pass, then a detection pass."""
+    model.train()  # torchvision's RetinaNet returns losses only in training mode
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    sums: dict[str, float] = {}
+    batches = 0
+    for images, targets in _loader(val, 8):
+        for name, value in model(images, targets).items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+        batches += 1
+    losses = {name: total / batches for name, total in sums.items()}
+    return Validation(losses=losses, detections=list(predict_dataset(model, val, device=CPU)))
+
+
+def one_pass(model: torch.nn.Module, val: CocoDetection) -> Validation:
+    return validate(model, val, device=CPU, batch_size=8)
+
+
+def check(ref: Validation, ours: Validation) -> None:
+    for name, value in ref.losses.items():
+        if abs(ours.losses[name] - value) > 1e-5 * abs(value):
+            raise SystemExit(f"{name}: two passes {value}, one pass {ours.losses[name]}")
+    if len(ref.detections) != len(ours.detections) or any(
+        (a.image_id, a.category_id) != (b.image_id, b.category_id)
+        or max(abs(x - y) for x, y in zip(a.bbox, b.bbox, strict=True)) > 1e-3
+        or abs(a.score - b.score) > 1e-5
+        for a, b in zip(ref.detections, ours.detections, strict=True)
+    ):
+        raise SystemExit("the one pass finds other detections than the two")
 
 
 def main() -> int:
@@ -68,29 +108,42 @@ def main() -> int:
     val = CocoDetection.from_files(
         ann / "instances_val.json", images, transforms=predictor.transforms
     )
-    model, device = predictor.model, torch.device("cpu")
-    loss_s, _ = _timed(lambda: validation_loss(model, val, device=device, batch_size=8))
-    start = time.perf_counter()
-    detections = list(predict_dataset(model, val, device=device))
-    detect_s = time.perf_counter() - start
+    model = predictor.model
+    ref, ours = two_passes(model, val), one_pass(model, val)
+    check(ref, ours)
+    print(f"checked: loss terms {ref.losses} vs {ours.losses}; "
+          f"{len(ours.detections)} detections alike")  # fmt: skip
+    passes: dict[str, list[float]] = {"two passes (before)": [], "one pass (validate)": []}
+    for _ in range(args.repeats):
+        for name, run in zip(passes, (two_passes, one_pass), strict=True):
+            start = time.perf_counter()
+            run(model, val)
+            passes[name].append(time.perf_counter() - start)
     times: dict[str, list[float]] = {b: [] for b in EVAL_BACKENDS}
     for _ in range(args.repeats):
         for backend in EVAL_BACKENDS:
             start = time.perf_counter()
-            score_detections(val.coco, detections, backend=backend)
+            score_detections(val.coco, ours.detections, backend=backend)
             times[backend].append(time.perf_counter() - start)
     epoch_s = train_s / args.epochs
     print(f"training: {epoch_s:.1f} s per epoch (205 images)")
-    print(f"validation on {len(val)} images, {len(detections)} detections: loss pass {loss_s:.1f}"
-          f" s, detection pass {detect_s:.1f} s")  # fmt: skip
-    print("\n| backend | scoring s | validation s | epoch + validation s | share in validation |")
-    print("|---|---:|---:|---:|---:|")
-    for name, values in times.items():
+    print(f"validation on {len(val)} images, {len(ours.detections)} detections")
+    print("\n| network passes | s | scoring s | validation s | epoch + validation s "
+          "| share in validation |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
+    for scoring, values in times.items():
         score_s = statistics.median(values)
-        validation = loss_s + detect_s + score_s
-        share = validation / (epoch_s + validation)
-        print(f"| {name} | {score_s:.3f} [{min(values):.3f}-{max(values):.3f}] | "
-              f"{validation:.1f} | {epoch_s + validation:.1f} | {share:.1%} |")  # fmt: skip
+        for name, rounds in passes.items():
+            pass_s = statistics.median(rounds)
+            validation = pass_s + score_s
+            share = validation / (epoch_s + validation)
+            print(f"| {name}, {scoring} | {pass_s:.1f} [{min(rounds):.1f}-{max(rounds):.1f}] "
+                  f"| {score_s:.3f} | {validation:.1f} | {epoch_s + validation:.1f} "
+                  f"| {share:.1%} |")  # fmt: skip
+    ratio = statistics.median(passes["two passes (before)"]) / statistics.median(
+        passes["one pass (validate)"]
+    )
+    print(f"\nnetwork passes, two / one: {ratio:.2f}x")
     return 0
 
 

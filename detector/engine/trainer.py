@@ -38,7 +38,7 @@ from detector.engine.optim import build_optimizer, build_scheduler, total_iterat
 from detector.engine.throughput import Throughput
 from detector.engine.tracking import tracking_callbacks
 from detector.evaluate.coco import CocoMetrics, score_detections
-from detector.evaluate.runner import predict_dataset, validation_loss
+from detector.evaluate.runner import validate
 from detector.model.anchor_fit import anchor_fit
 from detector.model.build import build_model
 
@@ -363,23 +363,25 @@ class Trainer:
         val_losses, metrics = None, None
         if self.val_set is not None:
             shard = (self.dist.rank, self.dist.world_size)
-            batch = self.cfg.eval.batch_size
-            # Each rank scores its share of the images; the means and detections are gathered.
-            # A rank may hold no validation image (fewer images than ranks): weight 0.
+            due = state.epoch % self.cfg.eval.period_epochs == 0 or self._done()
+            # Each rank validates its share of the images; the means and detections are
+            # gathered. A rank may hold no validation image (fewer images than ranks): weight 0.
+            found = validate(
+                self.eval_model,
+                self.val_set,
+                device=self.device,
+                batch_size=self.cfg.eval.batch_size,
+                shard=shard,
+                detect=due,
+            )
             val_losses = self.dist.weighted_mean(
-                validation_loss(
-                    self.eval_model, self.val_set, device=self.device, batch_size=batch, shard=shard
-                ),
+                found.losses,
                 keys=sorted(train_losses),
                 weight=len(range(self.dist.rank, len(self.val_set), self.dist.world_size)),
                 device=self.device,
             )
-            due = state.epoch % self.cfg.eval.period_epochs == 0 or self._done()
             if due:
-                found = predict_dataset(
-                    self.eval_model, self.val_set, device=self.device, batch_size=batch, shard=shard
-                )
-                detections = self.dist.gather(list(found))
+                detections = self.dist.gather(found.detections)
                 metrics = score_detections(
                     self.val_set.coco, detections, backend=self.cfg.eval.backend
                 )

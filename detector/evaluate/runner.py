@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
+from torchvision.models.detection import RetinaNet
 
 from detector.data.coco import CocoDetection, collate_detection
 from detector.evaluate.backends import EvalBackend
@@ -53,23 +57,33 @@ def predict_dataset(
     model.eval()
     for images, targets in _loader(dataset, batch_size, shard):
         outputs = model([img.to(device) for img in images])
-        for image, target, out in zip(images, targets, outputs, strict=True):
-            orig = target["orig_size"].tolist()
-            xywh = to_original_xywh(
-                out["boxes"].float().cpu(),
-                input_hw=(image.shape[-2], image.shape[-1]),
-                original_hw=(orig[0], orig[1]),
+        yield from _detections(dataset, images, targets, outputs)
+
+
+def _detections(
+    dataset: CocoDetection,
+    images: Sequence[Tensor],
+    targets: Sequence[dict[str, Tensor]],
+    outputs: Sequence[dict[str, Tensor]],
+) -> Iterator[Detection]:
+    """A batch's model outputs as COCO detections in original pixels."""
+    for image, target, out in zip(images, targets, outputs, strict=True):
+        orig = target["orig_size"].tolist()
+        xywh = to_original_xywh(
+            out["boxes"].float().cpu(),
+            input_hw=(image.shape[-2], image.shape[-1]),
+            original_hw=(orig[0], orig[1]),
+        )
+        image_id = int(target["image_id"])
+        for box, score, label in zip(
+            xywh.tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True
+        ):
+            yield Detection(
+                image_id=image_id,
+                category_id=dataset.category_ids[label],
+                bbox=(box[0], box[1], box[2], box[3]),
+                score=score,
             )
-            image_id = int(target["image_id"])
-            for box, score, label in zip(
-                xywh.tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True
-            ):
-                yield Detection(
-                    image_id=image_id,
-                    category_id=dataset.category_ids[label],
-                    bbox=(box[0], box[1], box[2], box[3]),
-                    score=score,
-                )
 
 
 def evaluate(
@@ -85,27 +99,70 @@ def evaluate(
     return score_detections(dataset.coco, detections, backend=backend)
 
 
+@dataclass(frozen=True)
+class Validation:
+    """What the trainer's validation pass found."""
+
+    losses: dict[str, float]
+    """Mean loss terms over the batches (a float per term, as training reports them)."""
+    detections: list[Detection]
+    """Every detection, in COCO terms (empty unless asked for)."""
+
+
 @torch.no_grad()
-def validation_loss(
+def validate(
     model: nn.Module,
     dataset: CocoDetection,
     *,
     device: torch.device,
     batch_size: int = 8,
     shard: tuple[int, int] = (0, 1),
-) -> dict[str, float]:
-    """Mean loss terms over ``dataset`` (or its ``shard``), BatchNorm statistics untouched."""
-    model.train()  # torchvision's RetinaNet returns losses only in training mode
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
+    detect: bool = True,
+) -> Validation:
+    """Loss terms and detections of ``model`` on ``dataset`` (or its ``shard``) from one
+    forward pass per batch.
+
+    The model runs in eval mode (BatchNorm statistics untouched), and its own
+    ``compute_loss`` takes the head outputs and anchors of that same pass: torchvision's
+    RetinaNet gives losses only in training mode and detections only in eval mode, which
+    would otherwise cost a second pass over the images.
+    """
+    if not isinstance(model, RetinaNet):
+        raise TypeError(f"validate needs a RetinaNet, got {type(model).__name__}")
+    model.eval()
     sums: dict[str, float] = {}
     batches = 0
+    detections: list[Detection] = []
     for images, targets in _loader(dataset, batch_size, shard):
-        images_d = [img.to(device) for img in images]
         targets_d = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        for name, value in model(images_d, targets_d).items():
+        with _outputs_of(model.head, model.anchor_generator) as seen:
+            outputs = model([img.to(device) for img in images])
+        head_outputs, anchors = seen
+        for name, value in model.compute_loss(targets_d, head_outputs, anchors).items():
             sums[name] = sums.get(name, 0.0) + float(value)
         batches += 1
-    model.eval()
-    return {name: total / max(1, batches) for name, total in sums.items()}
+        if detect:
+            detections.extend(_detections(dataset, images, targets, outputs))
+    return Validation(
+        losses={name: total / max(1, batches) for name, total in sums.items()},
+        detections=detections,
+    )
+
+
+@contextmanager
+def _outputs_of(*modules: nn.Module) -> Iterator[list[Any]]:
+    """What each of ``modules`` returns in the forward pass run inside, in order."""
+    seen: list[Any] = [None] * len(modules)
+
+    def keeper(index: int) -> Callable[[nn.Module, object, object], None]:
+        def keep(module: nn.Module, args: object, output: object) -> None:
+            seen[index] = output
+
+        return keep
+
+    handles = [m.register_forward_hook(keeper(i)) for i, m in enumerate(modules)]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from detector.config import TrainConfig
 from detector.data.coco import CocoDetection
@@ -121,6 +122,7 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
+        self._loader: DataLoader[tuple[Tensor, dict[str, Tensor]]] | None = None
         self.model = build_model(
             cfg.model,
             cfg.loss,
@@ -256,6 +258,8 @@ class Trainer:
                 with contextlib.suppress(Exception):
                     cb.on_exception(self, exc)
             raise
+        finally:
+            self._loader = None  # its workers shut down with it, here rather than at exit
         return FitResult(
             workdir=self.workdir,
             iterations=self.state.iteration,
@@ -281,7 +285,6 @@ class Trainer:
     def _run_epoch(self) -> None:
         state = self.state
         self.sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
-        self.seeded.set_epoch(state.epoch)
         sums, timer = state.loss_sums, Throughput()
         self.model.train()
         # An epoch resumed at its end has no step left, only its end.
@@ -318,13 +321,14 @@ class Trainer:
             self._end_epoch(means)
 
     def _batches(self) -> Iterator[tuple[list[Tensor], list[dict[str, Tensor]]]]:
-        loader = train_loader(
-            self.seeded,
-            self.sampler,
-            num_workers=self.cfg.data.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        for images, targets in loader:
+        if self._loader is None:  # one loader, and its workers, for the whole run
+            self._loader = train_loader(
+                self.seeded,
+                self.sampler,
+                num_workers=self.cfg.data.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
+        for images, targets in self._loader:
             yield (
                 [img.to(self.device, non_blocking=True) for img in images],
                 [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets],

@@ -20,7 +20,7 @@ from tests.trained import CONFIGS, TrainedRun
 
 
 def test_ranks_split_each_global_batch_and_never_get_nothing() -> None:
-    def batches(rank: int, world: int) -> list[list[int]]:
+    def batches(rank: int, world: int) -> list[list[tuple[int, int]]]:
         sampler = EpochBatchSampler(
             num_samples=10, batch_size=4, seed=1, rank=rank, world_size=world
         )
@@ -28,6 +28,7 @@ def test_ranks_split_each_global_batch_and_never_get_nothing() -> None:
         return list(sampler)
 
     whole = batches(0, 1)
+    assert {epoch for batch in whole for epoch, _ in batch} == {3}  # each key names its epoch
     ranks = [batches(r, 2) for r in range(2)]
     assert len(whole) == len(ranks[0]) == len(ranks[1]) == 3  # iterations mean the same
     for b, global_batch in enumerate(whole):

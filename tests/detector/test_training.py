@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import warnings
@@ -165,6 +166,35 @@ def test_resume_is_exact(shapes: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+class WorkerProcesses(Callback):
+    """The child processes alive at each epoch's end, beyond those alive at the start."""
+
+    def __init__(self) -> None:
+        self.before = {p.pid for p in multiprocessing.active_children()}
+        self.seen: list[set[int | None]] = []
+
+    def on_epoch_end(self, trainer: Trainer, event: Any) -> None:
+        self.seen.append({p.pid for p in multiprocessing.active_children()} - self.before)
+
+
+def test_loader_workers_serve_every_epoch_and_augment_as_one_process_does(
+    shapes: Path, tmp_path: Path
+) -> None:
+    """The epoch reaches long-lived workers with every sample, so 2 workers over 2 epochs of
+    random augmentation train exactly what the training process alone trains."""
+    overrides = ("solver.epochs=2", "solver.steps=[]", "data.photometric=true")
+    workers = WorkerProcesses()
+    fit(_recipe(shapes, *overrides, "data.num_workers=2"), tmp_path / "w", callbacks=[workers])
+    first, second = workers.seen
+    assert len(first) == 2 and second == first  # the same two processes in both epochs
+    assert not {p.pid for p in multiprocessing.active_children()} & first  # gone with the run
+    fit(_recipe(shapes, *overrides, "data.num_workers=0"), tmp_path / "main")
+    a = load_checkpoint(tmp_path / "w" / "checkpoints" / LAST)["model"]
+    b = load_checkpoint(tmp_path / "main" / "checkpoints" / LAST)["model"]
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
+
+
 def test_non_finite_loss_halts_and_keeps_the_last_good_checkpoint(
     shapes: Path, tmp_path: Path
 ) -> None:

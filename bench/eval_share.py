@@ -12,7 +12,7 @@ detections) before anything is timed. Then the scoring of those (real) detection
 backends, interleaved. Share of an epoch in validation = validation / (training epoch +
 validation).
 
-    .venv/bin/python bench/eval_share.py [--size 160] [--epochs 1] [--repeats 5]
+    .venv/bin/python bench/eval_share.py [--size 160] [--epochs 1] [--repeats 5] [--device cuda]
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from detector.predict import Predictor
 from detector.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU = torch.device("cpu")
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -45,7 +44,7 @@ def _timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 @torch.no_grad()
-def two_passes(model: torch.nn.Module, val: CocoDetection) -> Validation:
+def two_passes(model: torch.nn.Module, val: CocoDetection, device: torch.device) -> Validation:
     """The validation of ``b63f2f5`` and before: a loss pass, then a detection pass."""
     model.train()  # torchvision's RetinaNet returns losses only in training mode
     for module in model.modules():
@@ -54,15 +53,18 @@ def two_passes(model: torch.nn.Module, val: CocoDetection) -> Validation:
     sums: dict[str, float] = {}
     batches = 0
     for images, targets in _loader(val, 8):
+        images = [image.to(device) for image in images]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         for name, value in model(images, targets).items():
             sums[name] = sums.get(name, 0.0) + float(value)
         batches += 1
     losses = {name: total / batches for name, total in sums.items()}
-    return Validation(losses=losses, detections=list(predict_dataset(model, val, device=CPU)))
+    found = list(predict_dataset(model, val, device=device))
+    return Validation(losses=losses, detections=found)
 
 
-def one_pass(model: torch.nn.Module, val: CocoDetection) -> Validation:
-    return validate(model, val, device=CPU, batch_size=8)
+def one_pass(model: torch.nn.Module, val: CocoDetection, device: torch.device) -> Validation:
+    return validate(model, val, device=device, batch_size=8)
 
 
 def check(ref: Validation, ours: Validation) -> None:
@@ -84,6 +86,7 @@ def main() -> int:
     p.add_argument("--size", type=int, default=160, help="train and eval shorter side (px)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = p.parse_args()
     ann, images = args.bccd / "annotations", args.bccd / "images"
     longest = args.size * 4 // 3
@@ -99,17 +102,22 @@ def main() -> int:
             f"solver.epochs={args.epochs}",
             "solver.steps=[]",
             "solver.warmup_iters=5",
+            f"device={args.device}",
+            # On a GPU the recipe the GPU proof trains with: bf16 autocast, channels_last.
+            *(["solver.amp=bf16", "solver.channels_last=true"] if args.device == "cuda" else []),
         ],
     )
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; BCCD at {args.size} px")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}; "
+          f"BCCD at {args.size} px")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         train_s, _ = _timed(lambda: fit(cfg, Path(tmp)))
-        predictor = Predictor.load(Path(tmp) / "checkpoints" / "last.pt", device="cpu")
+        predictor = Predictor.load(Path(tmp) / "checkpoints" / "last.pt", device=args.device)
     val = CocoDetection.from_files(
         ann / "instances_val.json", images, transforms=predictor.transforms
     )
     model = predictor.model
-    ref, ours = two_passes(model, val), one_pass(model, val)
+    device = predictor.device
+    ref, ours = two_passes(model, val, device), one_pass(model, val, device)
     check(ref, ours)
     print(f"checked: loss terms {ref.losses} vs {ours.losses}; "
           f"{len(ours.detections)} detections alike")  # fmt: skip
@@ -117,7 +125,9 @@ def main() -> int:
     for _ in range(args.repeats):
         for name, run in zip(passes, (two_passes, one_pass), strict=True):
             start = time.perf_counter()
-            run(model, val)
+            run(model, val, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             passes[name].append(time.perf_counter() - start)
     times: dict[str, list[float]] = {b: [] for b in EVAL_BACKENDS}
     for _ in range(args.repeats):

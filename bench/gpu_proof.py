@@ -15,6 +15,10 @@ exit status, wall time and printed tables into the report:
 5. With 2 GPUs or more: the BCCD recipe for 2 epochs under ``torchrun --nproc-per-node 2``
    (NCCL), wall time and validation AP.
 6. ``bench/evaluate.py``: COCO evaluation, faster-coco-eval against pycocotools (CPU).
+7. ``bench/eval_share.py --device cuda``: the trainer's validation on BCCD, one pass against
+   the two it ran before, and its share of an epoch on the GPU.
+8. ``bench/loader_epochs.py --workers 8``: the training loader with workers for the whole run
+   against new workers every epoch, as the BCCD run reads it.
 
 It is sized to fit in about 10 minutes on one H100/H200. On a machine without CUDA it says so,
 writes nothing and exits 0: there is nothing to measure, and nothing is pretended.
@@ -124,6 +128,12 @@ STEPS = [
     Step("evaluate", "COCO evaluation backends (bench/evaluate.py, CPU)",
          lambda a, o: [PY, "bench/evaluate.py", "--cases", "bccd-val", "coco",
                        "--repeats", "2"], 300),
+    Step("validation", "Validation's share of a BCCD epoch (bench/eval_share.py)",
+         lambda a, o: [PY, "bench/eval_share.py", "--device", "cuda", "--size", "320",
+                       "--repeats", "3", "--bccd", str(a.bccd)], 150),
+    Step("loader", "Loader workers for the whole run (bench/loader_epochs.py)",
+         lambda a, o: [PY, "bench/loader_epochs.py", "--workers", "8", "--epochs", "4",
+                       "--bccd", str(a.bccd)], 120),
 ]  # fmt: skip
 
 

@@ -26,13 +26,13 @@ from torchvision.models.detection.retinanet import (
     RetinaNetClassificationHead,
     RetinaNetRegressionHead,
 )
-from torchvision.ops import generalized_box_iou_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
 from detector.config import GROUP_NORM_GROUPS
 from detector.model.losses import (
     alpha_balanced_ce,
     compiled,
+    generalized_iou_loss,
     sigmoid_focal_loss,
     softmax_focal_loss,
     uncertainty_weighted,
@@ -247,7 +247,7 @@ class BoxRegressionHead(RetinaNetRegressionHead):
         flat_anchors, flat_boxes = anchors.flatten(0, 1), gt.boxes.flatten(0, 1)  # (N R, 4)
         if self.loss_kind == "giou":
             decoded = self.box_coder.decode_single(deltas.flatten(0, 1), flat_anchors)
-            per_anchor = generalized_box_iou_loss(decoded, flat_boxes, reduction="none")
+            per_anchor = generalized_iou_loss(decoded, flat_boxes)
         else:
             target = self.box_coder.encode_single(flat_boxes, flat_anchors)  # (N R, 4)
             if self.loss_kind == "l1":

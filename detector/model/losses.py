@@ -1,4 +1,5 @@
-"""Classification losses for dense detectors, and the weighting of loss terms.
+"""Losses for dense detectors (classification, and the GIoU box loss), and the weighting of
+loss terms.
 
 All functions are pure. Conventions: ``K`` classes; sigmoid losses take one logit per class
 and a 0/1 (or soft) target per class; the softmax loss takes ``C`` logits and an integer
@@ -97,6 +98,29 @@ def softmax_focal_loss(
     elif alpha is not None and alpha >= 0:
         loss = loss * alpha
     return _reduce(loss, reduction, weight)
+
+
+def generalized_iou_loss(boxes: Tensor, targets: Tensor, eps: float = 1e-7) -> Tensor:
+    """``1 - GIoU`` of each box with its target (Rezatofighi et al. 2019), as
+    ``torchvision.ops.generalized_box_iou_loss(reduction="none")`` computes it, but with the
+    intersection clamped at 0 rather than masked: torchvision's boolean mask makes a GPU wait
+    for the host, and gives the same values and gradients.
+
+    Args:
+        boxes: float[P, 4] xyxy predictions.
+        targets: float[P, 4] xyxy.
+
+    Returns:
+        float[P], in [0, 2].
+    """
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    tx1, ty1, tx2, ty2 = targets.unbind(-1)
+    width = (torch.min(x2, tx2) - torch.max(x1, tx1)).clamp(min=0)
+    height = (torch.min(y2, ty2) - torch.max(y1, ty1)).clamp(min=0)
+    inter = width * height
+    union = (x2 - x1) * (y2 - y1) + (tx2 - tx1) * (ty2 - ty1) - inter
+    hull = (torch.max(x2, tx2) - torch.min(x1, tx1)) * (torch.max(y2, ty2) - torch.min(y1, ty1))
+    return 1 - (inter / (union + eps) - (hull - union) / (hull + eps))
 
 
 def _modulation(miss: Tensor, gamma: float) -> Tensor:

@@ -10,6 +10,7 @@ import torchvision
 
 from detector.model.losses import (
     alpha_balanced_ce,
+    generalized_iou_loss,
     sigmoid_focal_loss,
     softmax_focal_loss,
     uncertainty_weighted,
@@ -184,3 +185,24 @@ def test_focal_gradients_stay_finite_on_saturated_logits(gamma: float) -> None:
     scores = torch.tensor([[40.0, 0.0, 0.0], [0.0, -40.0, 0.0]], requires_grad=True)
     softmax_focal_loss(scores, torch.tensor([0, 2]), gamma=gamma, reduction="sum").backward()
     assert scores.grad is not None and torch.isfinite(scores.grad).all()
+
+
+def test_giou_loss_equals_torchvisions_in_values_and_gradients() -> None:
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(200, 2, generator=gen) * 50
+    boxes = torch.cat([xy, xy + 1 + torch.rand(200, 2, generator=gen) * 30], dim=1)
+    txy = torch.rand(200, 2, generator=gen) * 50
+    targets = torch.cat([txy, txy + 1 + torch.rand(200, 2, generator=gen) * 30], dim=1)
+    targets[:10] = boxes[:10]  # identical: loss 0
+    targets[10:20] = boxes[10:20] + 100  # far apart: no intersection, loss near 2
+    targets[20:30] = boxes[20:30] + torch.tensor([0.5, 0.5, -0.5, -0.5])  # inside
+    ours_in = boxes.clone().requires_grad_(True)
+    ref_in = boxes.clone().requires_grad_(True)
+    ours = generalized_iou_loss(ours_in, targets)
+    ref = torchvision.ops.generalized_box_iou_loss(ref_in, targets, reduction="none")
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    assert ours[:10].abs().max() < 1e-6 and (ours[10:20] > 1.5).all()
+    ours.sum().backward()
+    ref.sum().backward()
+    assert ours_in.grad is not None and ref_in.grad is not None
+    torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=1e-5, atol=1e-6)

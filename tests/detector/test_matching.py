@@ -3,7 +3,6 @@ queues on a GPU without waiting for it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -87,11 +86,11 @@ def test_low_quality_matches_keep_every_box_matched() -> None:
     assert got.tolist() == [[0, -1]] and torch.equal(got, _torchvision(targets, anchors))
 
 
-def _model(head: str) -> torch.nn.Module:
+def _model(head: str, **loss: Any) -> torch.nn.Module:
     cfg = ModelConfig(
         backbone="resnet18", fpn_channels=32, head=head, head_convs=4, head_channels=32
     )
-    return build_model(cfg, LossConfig(), num_classes=3).train()
+    return build_model(cfg, LossConfig(**loss), num_classes=3).train()
 
 
 def _loss_inputs(model: Any) -> tuple[Targets, dict[str, torch.Tensor], list[torch.Tensor]]:
@@ -141,16 +140,17 @@ class _DeviceWaits(TorchDispatchMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         name = func.overloadpacket.__name__
-        tensors = [a for a in args if isinstance(a, (list, tuple))]
+        sequences = [a for a in args if isinstance(a, (list, tuple))]
         bool_index = name.startswith("index") and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for seq in tensors for i in seq
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for seq in sequences for i in seq
         )
         if name in _WAITS_FOR_DEVICE or bool_index:
             self.waits.append(name)
         return func(*args, **(kwargs or {}))
 
 
-def _waits(model: Any, step: Callable[[], None] | None = None) -> list[str]:
+def _waits(model: Any) -> list[str]:
+    """The waiting calls of ``model``'s loss and its backward, in order."""
     targets, outputs, anchors = _loss_inputs(model)
     with _DeviceWaits() as mode:
         losses = model.compute_loss(targets, outputs, anchors)
@@ -158,9 +158,17 @@ def _waits(model: Any, step: Callable[[], None] | None = None) -> list[str]:
     return mode.waits
 
 
-def test_our_loss_never_waits_for_the_device_and_torchvisions_does() -> None:
+@pytest.mark.parametrize(
+    "loss",
+    [
+        {},
+        {"classification": "softmax_focal", "box": "giou", "alpha": (0.2, 0.3, 0.4)},
+        {"classification": "alpha_balanced_ce", "box": "smooth_l1", "weighting": "uncertainty"},
+    ],
+)
+def test_our_loss_never_waits_for_the_device_and_torchvisions_does(loss: dict[str, Any]) -> None:
     torch.manual_seed(0)
-    assert _waits(_model("focal")) == []
+    assert _waits(_model("focal", **loss)) == []
     # The recorder sees what it looks for: the stock model's matcher and losses wait.
     stock = _waits(_model("torchvision"))
     assert "nonzero" in stock and len(stock) >= 3

@@ -23,7 +23,7 @@ IGNORE = -2
 
 IOU_ELEMENTS_PER_CHUNK = 2**25
 """How many (box, anchor) IoU values are built at once: 32 M floats (128 MiB) per
-intermediate. A batch of BCCD (8 x 30 boxes x 20 k anchors) fits in one go; a crowded COCO
+intermediate. A batch of BCCD (8 x 30 boxes x 27 k anchors) fits in one go; a crowded COCO
 batch is matched a few images at a time instead of in one matrix many GiB large."""
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from detector.config import TrainConfig
 from detector.data.coco import CocoDetection
@@ -114,7 +113,6 @@ class Trainer:
         weak_fit = self.anchor_fit.to_text() if self.anchor_fit.weak() else None
         if weak_fit is not None:
             warnings.warn(weak_fit, AnchorFitWarning, stacklevel=2)
-        self.seeded = SeededSamples(self.train_set, seed=cfg.seed)
         self.sampler = EpochBatchSampler(
             num_samples=len(self.train_set),
             batch_size=cfg.solver.batch_size,
@@ -122,7 +120,13 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
-        self._loader: DataLoader[tuple[Tensor, dict[str, Tensor]]] | None = None
+        # One loader for the run: its workers start with the first epoch and serve them all.
+        self.loader = train_loader(
+            SeededSamples(self.train_set, seed=cfg.seed),
+            self.sampler,
+            num_workers=cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         self.model = build_model(
             cfg.model,
             cfg.loss,
@@ -259,7 +263,7 @@ class Trainer:
                     cb.on_exception(self, exc)
             raise
         finally:
-            self._loader = None  # its workers shut down with it, here rather than at exit
+            del self.loader  # its workers shut down with it, here rather than at exit
         return FitResult(
             workdir=self.workdir,
             iterations=self.state.iteration,
@@ -321,14 +325,7 @@ class Trainer:
             self._end_epoch(means)
 
     def _batches(self) -> Iterator[tuple[list[Tensor], list[dict[str, Tensor]]]]:
-        if self._loader is None:  # one loader, and its workers, for the whole run
-            self._loader = train_loader(
-                self.seeded,
-                self.sampler,
-                num_workers=self.cfg.data.num_workers,
-                pin_memory=self.device.type == "cuda",
-            )
-        for images, targets in self._loader:
+        for images, targets in self.loader:
             yield (
                 [img.to(self.device, non_blocking=True) for img in images],
                 [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets],

@@ -67,13 +67,13 @@ def gather_matched(gt: PaddedTargets, anchors: Tensor, matched: Tensor) -> Match
         matched: int64[N, R] from :func:`~detector.model.matching.match_anchors`.
     """
     index = matched.clamp(min=0)  # (N, R)
-    foreground = (matched >= 0).unsqueeze(-1)  # (N, R, 1)
+    foreground = matched >= 0  # (N, R)
     boxes = gt.boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))  # (N, R, 4)
     return MatchedTargets(
         matched=matched,
-        boxes=torch.where(foreground, boxes, anchors),
+        boxes=torch.where(foreground.unsqueeze(-1), boxes, anchors),
         labels=gt.labels.gather(1, index).clamp(min=0),  # padding rows hold -1
-        positives=(matched >= 0).sum().clamp(min=1).to(torch.float32),
+        positives=foreground.sum().clamp(min=1).to(torch.float32),
     )
 
 

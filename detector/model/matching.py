@@ -110,10 +110,11 @@ def match_anchors(
     """
     n, m = gt.labels.shape
     per_chunk = max(1, max_elements // max(1, m * anchors.shape[1]))
+    valid = gt.valid
     chunks = [
         _match_chunk(
             gt.boxes[i : i + per_chunk],
-            gt.valid[i : i + per_chunk],
+            valid[i : i + per_chunk],
             anchors[i : i + per_chunk],
             fg_iou=fg_iou,
             bg_iou=bg_iou,
